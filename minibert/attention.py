@@ -1,0 +1,169 @@
+"""Multi-head attention, the one building block shared by every part of minibert.
+
+Implements scaled dot-product attention (Vaswani et al. 2017, eq. 1) and its multi-head form
+(section 3.2.2) for three roles: BERT's self-attention, the decoder's causal self-attention and
+the decoder's cross-attention over the adapter output H'. The fused path calls PyTorch's
+`scaled_dot_product_attention`; the reference path writes the softmax out for reading and returns
+the attention probabilities for pictures. Relative positions and sparse patterns are left out.
+
+Shape legend: B batch, T target (query) length, S source (key) length, H heads, D head size,
+C width (C = H * D).
+Mask convention: boolean, True = may attend, broadcastable to (B, H, T, S).
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# masks: the two helpers that build every mask in minibert
+
+
+def padding_mask(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Keys that are real tokens. ids (B, S) -> (B, 1, 1, S) bool, True = may attend."""
+    return (ids != pad_id)[:, None, None, :]  # (B, 1, 1, S)
+
+
+def causal_mask(t: int, s: int, device: torch.device | None = None) -> torch.Tensor:
+    """Query i may attend key j when j is not in its future. Returns (T, S) bool.
+
+    With a KV cache the T queries are the *last* T of the S positions, so the mask is
+    right-aligned: query i sits at absolute position s - t + i.
+
+            keys  0 1 2 3 4          (s = 5, t = 2: two new queries after three cached keys)
+        query 0   1 1 1 1 0          position 3 sees keys 0..3
+        query 1   1 1 1 1 1          position 4 sees keys 0..4
+    """
+    q_pos = torch.arange(s - t, s, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(s, device=device)[None, :]  # (1, S)
+    return k_pos <= q_pos  # (T, S)
+
+
+# -----------------------------------------------------------------------------
+# the attention function itself: fused and reference paths side by side
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+           dropout: float = 0.0, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(q k^T / sqrt(D) + mask) v for q (B, H, T, D) and k, v (B, H, S, D).
+
+    Returns the output (B, H, T, D) and, on the reference path only, the probabilities
+    (B, H, T, S). A query row whose mask allows no key at all gets zeros, never NaN.
+    """
+    has_key = None
+    if mask is not None:
+        # The one place where the bool mask is prepared for both paths. A fully masked row would
+        # make softmax divide 0 by 0, so we let it attend everywhere and zero its output below.
+        has_key = mask.any(dim=-1, keepdim=True)  # (..., T, 1)
+        mask = mask | ~has_key  # (..., T, S)
+    if fused:
+        # SDPA reads a bool attn_mask with our convention: True = take part in attention.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, T, D)
+        probs = None
+    else:
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = scores.softmax(dim=-1)  # (B, H, T, S)
+        if has_key is not None:
+            probs = probs * has_key
+        out = F.dropout(probs, dropout, training=dropout > 0) @ v  # (B, H, T, D)
+    if has_key is not None:
+        out = out * has_key
+    return out, probs
+
+
+# -----------------------------------------------------------------------------
+# the KV cache of one self-attention layer, for incremental decoding
+
+
+class KVCache:
+    """Keys and values of one self-attention layer, kept between decoding steps.
+
+    The buffers are preallocated at full length (B, H, max_len, D), so a decoding step writes
+    one slice instead of concatenating (and copying) the whole history.
+    """
+
+    def __init__(self, batch: int, n_heads: int, max_len: int, head_size: int,
+                 device: torch.device, dtype: torch.dtype):
+        self.k = torch.zeros(batch, n_heads, max_len, head_size, device=device, dtype=dtype)  # (B, H, L, D)
+        self.v = torch.zeros_like(self.k)  # (B, H, L, D)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, D) after the cached ones; return all keys and values so far."""
+        end = self.length + k.size(2)
+        if end > self.k.size(2):
+            raise ValueError(f"KV cache holds {self.k.size(2)} positions, step needs {end}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, H, S, D) each
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (beam search: the beam each survivor came from)."""
+        self.k = self.k.index_select(0, index)
+        self.v = self.v.index_select(0, index)
+
+
+# -----------------------------------------------------------------------------
+# the module
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention for self-attention (cross=False) or cross-attention (cross=True).
+
+    Self-attention projects Q, K and V with one fused matmul (`qkv`). Cross-attention projects
+    Q from the decoder stream (`query`) and K, V from the memory H' with one matmul (`kv`),
+    done once per source by `project_memory`.
+    """
+
+    def __init__(self, width: int, n_heads: int, dropout: float = 0.0, cross: bool = False):
+        super().__init__()
+        if width % n_heads != 0:
+            raise ValueError(f"width {width} is not divisible by {n_heads} heads")
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.cross = cross
+        if cross:
+            self.query = nn.Linear(width, width)
+            self.kv = nn.Linear(width, 2 * width)
+        else:
+            self.qkv = nn.Linear(width, 3 * width)
+        self.output = nn.Linear(width, width)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        return x.view(b, t, self.n_heads, c // self.n_heads).transpose(1, 2)  # (B, H, T, D)
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of memory (B, S, C): two (B, H, S, D) tensors."""
+        k, v = self.kv(memory).chunk(2, dim=-1)  # (B, S, C) each
+        return self.split_heads(k), self.split_heads(v)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: KVCache | None = None, fused: bool = True,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) -> output (B, T, C) and, when fused=False, probabilities (B, H, T, S).
+
+        Self-attention: keys and values come from x; with a `cache`, they are appended to it and
+        the queries attend to everything cached. Cross-attention: keys and values are
+        `memory_kv`, from `project_memory`. `mask` is bool, True = may attend.
+        """
+        b, t, c = x.shape
+        if self.cross:
+            if memory_kv is None:
+                raise ValueError("cross-attention needs memory_kv (see project_memory)")
+            q = self.split_heads(self.query(x))  # (B, H, T, D)
+            k, v = memory_kv  # (B, H, S, D) each
+        else:
+            q, k, v = (self.split_heads(z) for z in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, D) each
+            if cache is not None:
+                k, v = cache.append(k, v)  # (B, H, S, D) each, S = cached + T
+        dropout = self.dropout if self.training else 0.0
+        y, probs = attend(q, k, v, mask, dropout=dropout, fused=fused)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
+        return self.output(y), probs

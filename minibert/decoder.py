@@ -1,0 +1,172 @@
+"""The Transformer decoder: newly initialised, it generates the target from the memory H'.
+
+Follows the decoder of Vaswani et al. 2017 (sec. 3.1) as used in Xiao & Zhu, Foundations of LLMs,
+sec. 1.4: each layer has causal self-attention over the target tokens so far, cross-attention
+over the adapter output H', and a feed-forward network. The output projection is tied to the
+input embedding (Press & Wolf 2017). Its width, depth and head count are its own, independent of
+BERT's. Left out: relative positions and any pre-training; the decoder starts from random weights.
+
+Shape legend: B batch, T target length, S source length, C width, F intermediate size, V vocab.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minibert.attention import KVCache, MultiHeadAttention, causal_mask
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    vocab_size: int
+    hidden_size: int = 256
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    max_position_embeddings: int = 256
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 0
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass
+class DecoderCache:
+    """Everything incremental decoding keeps between steps, passed in and returned.
+
+    self_kv: per layer, the self-attention keys and values, growing by one position a step.
+    memory_kv: per layer, the cross-attention keys and values of H', computed once per source.
+    memory_mask: (B, 1, 1, S) bool, the real source positions.
+    """
+    self_kv: list[KVCache]
+    memory_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    memory_mask: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.self_kv[0].length
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index`: the parent beam of each survivor, or the unfinished rows."""
+        for kv in self.self_kv:
+            kv.reorder(index)
+        self.memory_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv]
+        self.memory_mask = self.memory_mask.index_select(0, index)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LN layer: x += SelfAttn(LN(x)); x += CrossAttn(LN(x), H'); x += FFN(LN(x)).
+
+    Pre-LN (Xiong et al. 2020) rather than BERT's post-LN: a freshly initialised decoder then
+    trains stably at a high learning rate with a short warm-up, which matters on a CPU budget.
+    """
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        c, h, eps, p = config.hidden_size, config.num_attention_heads, config.layer_norm_eps, config.dropout
+        self.attention_norm = nn.LayerNorm(c, eps=eps)
+        self.attention = MultiHeadAttention(c, h, dropout=p)
+        self.cross_attention_norm = nn.LayerNorm(c, eps=eps)
+        self.cross_attention = MultiHeadAttention(c, h, dropout=p, cross=True)
+        self.ffn_norm = nn.LayerNorm(c, eps=eps)
+        self.intermediate = nn.Linear(c, config.intermediate_size)
+        self.output = nn.Linear(config.intermediate_size, c)
+        self.dropout = nn.Dropout(p)
+
+    def forward(self, x: torch.Tensor, self_mask: torch.Tensor,
+                memory_kv: tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor,
+                cache: KVCache | None = None, fused: bool = True,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) -> (B, T, C), plus the cross-attention probabilities when fused=False."""
+        h, _ = self.attention(self.attention_norm(x), self_mask, cache=cache, fused=fused)
+        x = x + self.dropout(h)  # (B, T, C)
+        # The only place the decoder sees the source: queries from the target, keys/values from H'.
+        h, probs = self.cross_attention(self.cross_attention_norm(x), memory_mask,
+                                        memory_kv=memory_kv, fused=fused)
+        x = x + self.dropout(h)  # (B, T, C)
+        h = self.output(F.gelu(self.intermediate(self.ffn_norm(x))))  # (B, T, F) -> (B, T, C)
+        return x + self.dropout(h), probs
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.apply(init_weights)
+
+    def run_layers(self, tokens: torch.Tensor, start: int, self_mask: torch.Tensor,
+                   memory_kv: list, memory_mask: torch.Tensor, caches: list | None, fused: bool,
+                   ) -> tuple[torch.Tensor, list]:
+        """Shared body of `forward` and `step`: tokens (B, T) at positions start.. -> logits (B, T, V)."""
+        t = tokens.size(1)
+        if start + t > self.config.max_position_embeddings:
+            raise ValueError(f"target length {start + t} exceeds the decoder's "
+                             f"max_position_embeddings {self.config.max_position_embeddings}")
+        positions = torch.arange(start, start + t, device=tokens.device)  # (T,)
+        x = self.dropout(self.word_embeddings(tokens) + self.position_embeddings(positions))  # (B, T, C)
+        all_probs = []
+        for i, layer in enumerate(self.layers):
+            cache = caches[i] if caches is not None else None
+            x, probs = layer(x, self_mask, memory_kv[i], memory_mask, cache=cache, fused=fused)
+            all_probs.append(probs)
+        # Tied output projection: the logit of token v is the dot product with its embedding.
+        logits = F.linear(self.final_norm(x), self.word_embeddings.weight)  # (B, T, V)
+        return logits, all_probs
+
+    def forward(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+                fused: bool = True) -> torch.Tensor:
+        """Teacher-forced pass. tgt_in (B, T) int64 target tokens so far ([BOS] y_1 ...),
+        memory H' (B, S, C), memory_mask (B, 1, 1, S) bool, True = real source token.
+        Returns logits (B, T, V) for the next token at every position.
+        """
+        t = tgt_in.size(1)
+        # Targets are right-padded, so the causal mask alone already keeps every real query
+        # away from padding keys (they all lie in its future); padded queries are not scored.
+        self_mask = causal_mask(t, t, device=tgt_in.device)  # (T, T)
+        memory_kv = [layer.cross_attention.project_memory(memory) for layer in self.layers]
+        logits, _ = self.run_layers(tgt_in, 0, self_mask, memory_kv, memory_mask, None, fused)
+        return logits
+
+    def start(self, memory: torch.Tensor, memory_mask: torch.Tensor, max_len: int) -> DecoderCache:
+        """A fresh cache for decoding up to max_len tokens from memory H' (B, S, C)."""
+        b = memory.size(0)
+        cfg = self.config
+        self_kv = [KVCache(b, cfg.num_attention_heads, max_len, cfg.head_size, memory.device, memory.dtype)
+                   for _ in self.layers]
+        # Cross-attention keys and values depend only on the source: compute them once here.
+        memory_kv = [layer.cross_attention.project_memory(memory) for layer in self.layers]
+        return DecoderCache(self_kv, memory_kv, memory_mask)
+
+    def step(self, tokens: torch.Tensor, cache: DecoderCache, fused: bool = True,
+             ) -> tuple[torch.Tensor, DecoderCache, list]:
+        """Decode the next tokens (B, T) (usually T = 1) after those already in the cache.
+
+        Returns logits (B, T, V), the cache (now T positions longer) and, when fused=False, each
+        layer's cross-attention probabilities (B, H, T, S).
+        """
+        start, t = cache.length, tokens.size(1)
+        self_mask = causal_mask(t, start + t, device=tokens.device)  # (T, S_self), right-aligned
+        logits, probs = self.run_layers(tokens, start, self_mask, cache.memory_kv, cache.memory_mask,
+                                        cache.self_kv, fused)
+        return logits, cache, probs
+
+
+def init_weights(module: nn.Module) -> None:
+    """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
