@@ -38,6 +38,10 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -46,6 +50,10 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 def save_json(path: Path, obj) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8"))
+
+
+def save_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"))
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:

@@ -167,9 +167,10 @@ def convert_state_dict(hf: dict[str, torch.Tensor], config: BertConfig, source: 
     return ours, has_pooler
 
 
-def load_pretrained_bert(path: str | Path) -> BertModel:
+def load_pretrained_bert(path: str | Path, pooler: bool = True) -> BertModel:
     """A BertModel, in eval mode, from a Hugging Face BERT checkpoint folder or weights file
-    (its config.json beside it), or from a folder written by `python -m minibert.convert`."""
+    (its config.json beside it), or from a folder written by `python -m minibert.convert`.
+    pooler=False drops the checkpoint's pooler, which a translator does not use."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
@@ -193,6 +194,8 @@ def load_pretrained_bert(path: str | Path) -> BertModel:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:  # a shape mismatch in the minibert layout
         raise CheckpointError(f"{weights}: {str(e).splitlines()[-1].strip()}") from None
+    if not pooler:
+        model.pooler = None
     return model.eval()
 
 

@@ -11,6 +11,7 @@ Shape legend: B sources, K beams, V target vocabulary, L tokens generated so far
 
 import torch
 
+from minibert.data import pad
 from minibert.model import Seq2Seq
 
 
@@ -125,3 +126,33 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, bos: int, eos: int, max_l
             hyps.append((strip(ids, eos), normalised[i, j].item()))
         results.append(hyps)
     return results
+
+
+def translate(model: Seq2Seq, src_tok, tgt_tok, lines: list[str], beam: int = 1, max_len: int = 128,
+              batch_size: int = 64, nbest: int = 1, length_penalty: float = 1.0, **sampling) -> list[list[str]]:
+    """Translate text lines; for each line, its `nbest` translations (1 unless beam search).
+
+    Lines are sorted by length so each batch pads little, then put back in input order. An
+    empty line translates to an empty line. `sampling` (sample, temperature, top_k, top_p,
+    generator) is passed to `generate` when beam == 1.
+    """
+    device = next(model.parameters()).device
+    bos, eos = tgt_tok.token_to_id("[BOS]"), tgt_tok.token_to_id("[EOS]")
+    pad_id = model.encoder.config.pad_token_id
+    max_len = min(max_len, model.decoder.config.max_position_embeddings)
+    encoded = [src_tok.encode(line).ids for line in lines]
+    order = sorted(range(len(lines)), key=lambda i: len(encoded[i]))
+    out: list[list[str]] = [[""] for _ in lines]
+    for start in range(0, len(order), batch_size):
+        rows = [i for i in order[start:start + batch_size] if lines[i].strip()]
+        if not rows:
+            continue
+        src = pad([encoded[i] for i in rows], pad_id).to(device)  # (B, S)
+        if beam > 1:
+            hyps = [[ids for ids, _ in h] for h in beam_search(model, src, bos, eos, max_len, beam,
+                                                                     length_penalty, nbest)]
+        else:
+            hyps = [[ids] for ids in generate(model, src, bos, eos, max_len, **sampling)]
+        for i, h in zip(rows, hyps):
+            out[i] = [tgt_tok.decode(ids) for ids in h]
+    return out

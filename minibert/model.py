@@ -29,29 +29,34 @@ class Seq2Seq(nn.Module):
     # -------------------------------------------------------------------------
     # the forward pass, in the textbook's three steps
 
-    def encode(self, src_ids: torch.Tensor, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, src_ids: torch.Tensor, encoder_out: torch.Tensor | None = None, fused: bool = True,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """src_ids (B, S) int64 WordPiece ids, right-padded with BERT's pad id.
 
         Returns the memory H' (B, S, C_dec) and its mask (B, 1, 1, S) bool, True = real token.
+        encoder_out: BERT's H (B, S, C_enc) for these ids when already known (a frozen
+        encoder's outputs never change, so train.py computes them once); then BERT is skipped.
         """
         if src_ids.dim() != 2:
             raise ValueError(f"src_ids must be (B, S), got shape {tuple(src_ids.shape)}")
         memory_mask = padding_mask(src_ids, self.encoder.config.pad_token_id)  # (B, 1, 1, S)
-        h = self.encoder(src_ids, memory_mask[:, 0, 0], fused=fused)  # H: (B, S, C_enc)
+        h = encoder_out
+        if h is None:
+            h = self.encoder(src_ids, memory_mask[:, 0, 0], fused=fused)  # H: (B, S, C_enc)
         return self.adapter(h), memory_mask  # H': (B, S, C_dec)
 
     def forward(self, src_ids: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor | None = None,
-                label_smoothing: float = 0.0, fused: bool = True,
+                label_smoothing: float = 0.0, encoder_out: torch.Tensor | None = None, fused: bool = True,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher-forced pass. src_ids (B, S); tgt_in (B, T) = [BOS] y_1 .. y_{T-1};
         tgt_out (B, T) = y_1 .. y_T, padded with the decoder's pad id.
 
         Returns logits (B, T, V) and, when tgt_out is given, the mean token cross-entropy over
-        non-padding targets (else None).
+        non-padding targets (else None). encoder_out: see `encode`.
         """
         if tgt_in.dim() != 2 or tgt_in.size(0) != src_ids.size(0):
             raise ValueError(f"tgt_in must be (B, T) with B = {src_ids.size(0)}, got {tuple(tgt_in.shape)}")
-        memory, memory_mask = self.encode(src_ids, fused=fused)
+        memory, memory_mask = self.encode(src_ids, encoder_out, fused=fused)
         logits = self.decoder(tgt_in, memory, memory_mask, fused=fused)  # (B, T, V)
         loss = None if tgt_out is None else self.loss(logits, tgt_out, label_smoothing)
         return logits, loss

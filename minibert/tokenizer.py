@@ -72,6 +72,22 @@ def load_bert_tokenizer(path: str | Path, max_length: int = 512) -> Tokenizer:
     return tokenizer
 
 
+def train_source_tokenizer(lines: list[str], vocab_size: int, max_length: int = 512) -> Tokenizer:
+    """A BERT-style uncased WordPiece tokenizer trained on source lines, for an encoder trained
+    from scratch (train.py --bert none). Special tokens: [PAD]=0 [UNK] [CLS] [SEP] [MASK]."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tokenizer.train_from_iterator(lines, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer.enable_truncation(max_length)
+    return tokenizer
+
+
 def train_target_tokenizer(lines: list[str], vocab_size: int) -> Tokenizer:
     """A BPE tokenizer trained on target-language lines, with TARGET_SPECIALS at ids 0-3.
 
