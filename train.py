@@ -49,21 +49,21 @@ class TrainConfig:
     adapter: str = "mlp"
     freeze_encoder: bool | None = None  # default: frozen when pre-trained, trained when --bert none
     dec_width: int = 256
-    dec_layers: int = 3
+    dec_layers: int = 2
     dec_heads: int = 4
     dec_ffn: int = 1024
     dec_max_len: int = 256
     tgt_vocab: int = 8000
     src_vocab: int = 8000  # only for --bert none, which trains its own WordPiece vocabulary
     dropout: float = 0.1
-    epochs: int = 8
+    epochs: int | None = None  # default: 3, or as many as fit when --max-minutes/--max-steps is given
     max_steps: int = 0  # 0 = no limit
     max_minutes: float = 0.0  # 0 = no limit
-    batch_tokens: int = 4096
+    batch_tokens: int = 2048
     accum: int = 1
-    lr: float = 1e-3
+    lr: float = 1.5e-3
     encoder_lr_scale: float = 0.05
-    warmup: int = 200
+    warmup: int = 100
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     clip: float = 1.0
@@ -86,11 +86,16 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             parser.add_argument(flag, choices=ADAPTER_KINDS, default=f.default)
         elif f.name == "device":
             parser.add_argument(flag, choices=["auto", "cpu", "cuda"], default=f.default)
+        elif f.name == "epochs":
+            parser.add_argument(flag, type=int, default=f.default, metavar="INT")
         else:
             parser.add_argument(flag, type=f.type, default=f.default, metavar=f.type.__name__.upper())
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     if cfg.freeze_encoder is None:
         cfg.freeze_encoder = cfg.bert != "none"
+    if cfg.epochs is None:
+        # Three epochs reach BLEU 90 on the toy set; with a time or step limit, that limit decides.
+        cfg.epochs = 1_000_000 if cfg.max_minutes or cfg.max_steps else 3
     return cfg
 
 
@@ -159,7 +164,7 @@ def encoder_outputs(encoder: BertModel, src_ids: list[list[int]], device, max_to
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
     start = 0
     with tqdm(total=len(order), desc="encoding sources once (frozen BERT)", leave=False,
-              disable=None if is_main() else True) as bar:
+              disable=not is_main()) as bar:
         while start < len(order):
             n = max(1, max_tokens // len(src_ids[order[start]]))
             while start + n < len(order) and len(src_ids[order[start + n - 1]]) * n > max_tokens and n > 1:
@@ -226,12 +231,12 @@ def pad_states(states: list[torch.Tensor]) -> torch.Tensor:
 # the training run
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak at `total` steps."""
+def lr_factor(step: int, warmup: int, progress: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to 10% of the peak as the run's
+    progress goes from 0 to 1."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def check_writable(run_dir: Path) -> None:
@@ -291,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
                                   betas=(0.9, 0.98))
     src_lens, tgt_lens = [len(s) for s in train_src], [len(t) for t in train_tgt]
     steps_per_epoch = len(make_batches(src_lens, tgt_lens, cfg.batch_tokens, cfg.seed, 0)) // (world * cfg.accum)
-    # The schedule's length is fixed when the run starts, so a resumed run keeps the same schedule.
+    # The schedule's length in steps is fixed when the run starts, so a resumed run keeps it. A run
+    # limited only by --max-minutes measures its progress in time instead (not bit-reproducible).
     total = min(cfg.max_steps or math.inf, cfg.epochs * steps_per_epoch)
     state = {"step": 0, "epoch": 0, "batch": 0, "total": total, "elapsed": 0.0, "best_bleu": -1.0, "metrics": []}
     if cfg.resume:
@@ -322,8 +328,8 @@ def main(argv: list[str] | None = None) -> None:
         while state["epoch"] < cfg.epochs and not stop:
             batches = make_batches(src_lens, tgt_lens, cfg.batch_tokens, cfg.seed, state["epoch"])
             batches = batches[:steps_per_epoch * world * cfg.accum][rank::world]  # this process's share
-            bar = tqdm(total=len(batches), initial=state["batch"], desc=f"epoch {state['epoch'] + 1}/{cfg.epochs}",
-                       disable=None if is_main() else True, dynamic_ncols=True)
+            bar = tqdm(total=len(batches), initial=state["batch"], desc=f"epoch {state['epoch'] + 1}",
+                       disable=not is_main(), dynamic_ncols=True)
             tokens_seen, t0 = 0, time.time()
             while state["batch"] < len(batches):
                 for micro in range(cfg.accum):
@@ -335,8 +341,11 @@ def main(argv: list[str] | None = None) -> None:
                         _, loss = train_model(src, tgt[:, :-1], tgt[:, 1:], cfg.label_smoothing, encoder_out=h)
                     (loss / cfg.accum).backward()
                     tokens_seen += (tgt[:, 1:] != 0).sum().item()
+                progress = state["step"] / state["total"]
+                if cfg.max_minutes:
+                    progress = max(progress, state["elapsed"] / (60 * cfg.max_minutes))
                 for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * group["lr_scale"] * lr_factor(state["step"], cfg.warmup, state["total"])
+                    group["lr"] = cfg.lr * group["lr_scale"] * lr_factor(state["step"], cfg.warmup, progress)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -347,9 +356,13 @@ def main(argv: list[str] | None = None) -> None:
                 bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen * world / (time.time() - t0):,.0f}")
                 if cfg.save_every and state["step"] % cfg.save_every == 0:
                     save()
-                if (cfg.max_steps and state["step"] >= cfg.max_steps) or \
-                        (cfg.max_minutes and state["elapsed"] >= 60 * cfg.max_minutes):
-                    stop = True
+                stop = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or \
+                    bool(cfg.max_minutes and state["elapsed"] >= 60 * cfg.max_minutes)
+                if world > 1:  # clocks differ between processes: stop together when any one must
+                    flag = torch.tensor(float(stop), device=device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    stop = bool(flag.item())
+                if stop:
                     break
             bar.close()
             if not stop:

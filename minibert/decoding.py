@@ -148,11 +148,14 @@ def translate(model: Seq2Seq, src_tok, tgt_tok, lines: list[str], beam: int = 1,
         if not rows:
             continue
         src = pad([encoded[i] for i in rows], pad_id).to(device)  # (B, S)
+        # A translation is rarely over twice the source's length; the cap stops an undertrained
+        # model's repetition loops from costing max_len steps for every batch.
+        batch_max_len = min(max_len, 2 * src.size(1) + 10)
         if beam > 1:
-            hyps = [[ids for ids, _ in h] for h in beam_search(model, src, bos, eos, max_len, beam,
+            hyps = [[ids for ids, _ in h] for h in beam_search(model, src, bos, eos, batch_max_len, beam,
                                                                      length_penalty, nbest)]
         else:
-            hyps = [[ids] for ids in generate(model, src, bos, eos, max_len, **sampling)]
+            hyps = [[ids] for ids in generate(model, src, bos, eos, batch_max_len, **sampling)]
         for i, h in zip(rows, hyps):
             out[i] = [tgt_tok.decode(ids) for ids in h]
     return out
