@@ -171,7 +171,7 @@ def encoder_outputs(encoder: BertModel, src_ids: list[list[int]], device, max_to
                 n -= 1
             rows = order[start:start + n]
             ids = pad([src_ids[i] for i in rows], encoder.config.pad_token_id).to(device)  # (B, S)
-            h = encoder(ids)  # (B, S, C)
+            h = encoder(ids, ids != encoder.config.pad_token_id)  # (B, S, C)
             for r, i in enumerate(rows):
                 out[i] = h[r, :len(src_ids[i])].clone()  # (S_i, C)
             start += n
@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         train_model = torch.nn.parallel.DistributedDataParallel(train_model)
 
     def save():
+        # trainer_state.pt carries its own copy of the weights: a kill between the two writes
+        # must never pair the weights of one step with the optimiser state of another.
         if not is_main():
             return
         weights = model.state_dict()

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minibert.attention import MultiHeadAttention, padding_mask
+from minibert.attention import MultiHeadAttention
 
 # The activations BERT configs name. "gelu" is the exact erf form (BERT's own); the tanh
 # approximation goes by three names in the wild, and all of them compute the same function.
@@ -98,12 +98,17 @@ class BertLayer(nn.Module):
         self.act = ACTIVATIONS[config.hidden_act]
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, fused: bool = True) -> torch.Tensor:
-        h, _ = self.attention(x, mask, fused=fused)  # (B, S, C)
+    def forward(self, x: torch.Tensor, real: torch.Tensor, mask: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        """x (N, C): the N real tokens of the batch, packed; real (B, S) bool marks where they sit."""
+        # Attention needs the (B, S) grid to know which tokens share a sentence, so scatter the
+        # tokens back into it; every other sublayer works on real tokens only.
+        grid = x.new_zeros(*real.shape, x.size(-1))  # (B, S, C)
+        grid[real] = x
+        h, _ = self.attention(grid, mask, fused=fused)  # (B, S, C)
         # Post-LN: the residual sum is normalised after each sublayer (BERT, not pre-LN GPT-2).
-        x = self.attention_norm(x + self.dropout(h))  # (B, S, C)
-        h = self.output(self.act(self.intermediate(x)))  # (B, S, F) -> (B, S, C)
-        return self.output_norm(x + self.dropout(h))  # (B, S, C)
+        x = self.attention_norm(x + self.dropout(h[real]))  # (N, C)
+        h = self.output(self.act(self.intermediate(x)))  # (N, F) -> (N, C)
+        return self.output_norm(x + self.dropout(h))  # (N, C)
 
 
 class BertModel(nn.Module):
@@ -122,9 +127,9 @@ class BertModel(nn.Module):
                 token_type_ids: torch.Tensor | None = None, fused: bool = True) -> torch.Tensor:
         """input_ids (B, S) int64 -> last hidden states H (B, S, C).
 
-        attention_mask (B, S): 1/True for real tokens, 0/False for padding (Hugging Face's
-        convention); None derives it from pad_token_id. token_type_ids (B, S): segment ids,
-        None means all zeros. Hidden states at padding positions are computed but meaningless.
+        attention_mask (B, S): 1/True for real tokens, 0/False for padding (the official
+        convention); None means every token is real, as in BERT's own code. token_type_ids (B, S): segment ids,
+        None means all zeros. Hidden states at padding positions are zeros.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, S), got shape {tuple(input_ids.shape)}")
@@ -134,13 +139,18 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if attention_mask is None:
-            mask = padding_mask(input_ids, self.config.pad_token_id)  # (B, 1, 1, S)
-        else:
-            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+            attention_mask = torch.ones_like(input_ids)
+        mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
         x = self.embeddings(input_ids, token_type_ids)  # (B, S, C)
+        # Pack the real tokens: the dense layers, most of the work, then skip the padding
+        # (a quarter of the tokens in a typical length-sorted batch).
+        real = mask[:, 0, 0]  # (B, S)
+        x = x[real]  # (N, C)
         for layer in self.layers:
-            x = layer(x, mask, fused=fused)  # (B, S, C)
-        return x
+            x = layer(x, real, mask, fused=fused)  # (N, C)
+        out = x.new_zeros(*real.shape, x.size(-1))  # (B, S, C)
+        out[real] = x
+        return out
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """BERT's pooled output tanh(W h_[CLS] + b): hidden (B, S, C) -> (B, C)."""

@@ -59,6 +59,17 @@ class DecoderCache:
         self.memory_mask = self.memory_mask.index_select(0, index)
 
 
+def init_weights(module: nn.Module) -> None:
+    """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 class DecoderLayer(nn.Module):
     """Pre-LN layer: x += SelfAttn(LN(x)); x += CrossAttn(LN(x), H'); x += FFN(LN(x)).
 
@@ -160,13 +171,3 @@ class TransformerDecoder(nn.Module):
                                         cache.self_kv, fused)
         return logits, cache, probs
 
-
-def init_weights(module: nn.Module) -> None:
-    """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
-    if isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)

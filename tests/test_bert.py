@@ -87,9 +87,10 @@ def test_encoder_padding_invariance(lengths, extra, seed):
     ids = torch.randint(1, SRC_VOCAB, (len(lengths), s + extra), generator=g)
     for row, n in enumerate(lengths):
         ids[row, n:] = 0  # right padding with the pad id
+    mask = ids != 0  # (B, S)
     with torch.no_grad():
-        short = model(ids[:, :s])
-        long = model(ids)
+        short = model(ids[:, :s], mask[:, :s])
+        long = model(ids, mask)
     assert not long.isnan().any()
     for row, n in enumerate(lengths):
         torch.testing.assert_close(long[row, :n], short[row, :n], atol=1e-5, rtol=1e-5)

@@ -1,0 +1,104 @@
+"""One training step (forward, loss, backward, AdamW) of minibert against Hugging Face's
+EncoderDecoderModel: the same MiniLM encoder, the same decoder shape, batch-32 Multi30k pairs,
+with the encoder frozen and unfrozen. Reports target tokens per second, the ratio, and the
+achieved GFLOP/s against a 2048x2048 matmul timed in the same run.
+
+minibert is timed twice when frozen: running BERT each step (like-for-like), and on cached
+encoder outputs (what train.py does, since a frozen encoder's outputs never change).
+
+    python -m benchmarks.train_step     # needs ../shared/data/multi30k and the MiniLM checkpoint
+"""
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import finish, matmul_gflops, try_transformers
+from benchmarks.pairs import PAD, batches, hf_model, minibert_model
+
+ROUNDS = 6
+
+
+def params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# FLOPs per encoder weight per source token: trained = forward + backward, frozen = forward only,
+# cached = not run at all.
+ENCODER_FLOPS = {"unfrozen": 6, "frozen": 2, "cached": 0}
+
+
+def step_flops(model, src, tgt, encoder: str) -> float:
+    """Approximate FLOPs of one step: 2 per weight per token forward, 4 more backward (6 in all,
+    Kaplan et al. 2020). Embedding tables are not matmuls (the tied output projection is) and
+    attention scores are left out (short sentences), so this under-counts a little."""
+    enc = params(model.encoder) - params(model.encoder.embeddings)
+    dec = params(model.decoder) - model.decoder.position_embeddings.weight.numel()
+    src_tokens, tgt_tokens = (src != PAD).sum().item(), (tgt[:, 1:] != PAD).sum().item()
+    return ENCODER_FLOPS[encoder] * enc * src_tokens + 6 * dec * tgt_tokens
+
+
+def main() -> None:
+    data, vocab = batches(ROUNDS + 2)
+    transformers = try_transformers()
+    peak = matmul_gflops()
+    rows = []
+    for frozen in (True, False):
+        ours = minibert_model(vocab).train()
+        ours.freeze_encoder(frozen)
+        opt_ours = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
+
+        def minibert_step(src, tgt, cached=None):
+            _, loss = ours(src, tgt[:, :-1], tgt[:, 1:], encoder_out=cached)
+            loss.backward()
+            opt_ours.step()
+            opt_ours.zero_grad(set_to_none=True)
+
+        runners = {"minibert": lambda src, tgt: minibert_step(src, tgt)}
+        if frozen:
+            with torch.no_grad():
+                cache = {id(src): ours.encoder(src, src != PAD) for src, _ in data}
+            runners["minibert_cached"] = lambda src, tgt: minibert_step(src, tgt, cache[id(src)])
+        if transformers is not None:
+            theirs = hf_model(transformers, vocab).train()
+            theirs.encoder.requires_grad_(not frozen)
+            if frozen:
+                theirs.encoder.eval()
+            opt_theirs = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-4)
+
+            def hf_step(src, tgt):
+                logits = theirs(input_ids=src, attention_mask=(src != PAD).long(), decoder_input_ids=tgt[:, :-1],
+                                decoder_attention_mask=(tgt[:, :-1] != PAD).long()).logits
+                loss = F.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=PAD)
+                loss.backward()
+                opt_theirs.step()
+                opt_theirs.zero_grad(set_to_none=True)
+
+            runners["hf"] = hf_step
+        times = {name: [] for name in runners}
+        for src, tgt in data[:2]:  # warm-up
+            for fn in runners.values():
+                fn(src, tgt)
+        for src, tgt in data[2:]:  # alternate within each batch: pair by pair
+            for name, fn in runners.items():
+                start = time.perf_counter()
+                fn(src, tgt)
+                times[name].append(time.perf_counter() - start)
+        tokens = statistics.median((tgt[:, 1:] != PAD).sum().item() for _, tgt in data[2:])
+        hf_ms = statistics.median(times["hf"]) * 1e3 if "hf" in times else None
+        for name in runners:
+            if name == "hf":
+                continue
+            ms = statistics.median(times[name]) * 1e3
+            encoder = "cached" if name == "minibert_cached" else "frozen" if frozen else "unfrozen"
+            gflops = statistics.median(step_flops(ours, src, tgt, encoder) for src, tgt in data[2:]) / ms / 1e6
+            rows.append({"encoder": encoder, "minibert_ms": ms, "hf_ms": hf_ms,
+                         "minibert_tok_s": tokens / ms * 1e3, "hf_tok_s": tokens / hf_ms * 1e3 if hf_ms else None,
+                         "ratio": hf_ms / ms if hf_ms else None, "GFLOP_s": gflops, "of_peak": gflops / peak})
+    finish("train_step", rows, matmul_peak_gflops=peak)
+
+
+if __name__ == "__main__":
+    main()
