@@ -95,7 +95,7 @@ def save_attention(path: str, model, src_tok, tgt_tok, sentence: str, translatio
     ax.imshow(grid, cmap="Blues", aspect="auto")
     ax.set_xticks(range(len(src.tokens)), src.tokens, rotation=90)
     ax.set_yticks(range(len(targets)), targets)
-    ax.set_xlabel("source WordPiece tokens (BERT's H, through the adapter: H')")
+    ax.set_xlabel("source WordPiece tokens (read through H')")
     ax.set_ylabel("generated target tokens")
     ax.set_title("decoder cross-attention, last layer, mean over heads", fontsize=9)
     fig.tight_layout()
