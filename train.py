@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     state = {"step": 0, "epoch": 0, "batch": 0, "total": total, "elapsed": 0.0, "best_bleu": -1.0, "metrics": []}
     if cfg.resume:
         saved = torch.load(run_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
+        # The weights saved with the optimiser state, not last.safetensors: see save() below.
         model.load_state_dict(saved.pop("model"))
         optimizer.load_state_dict(saved.pop("optimizer"))
         torch.set_rng_state(saved.pop("rng"))
