@@ -6,8 +6,9 @@
     torchrun --nproc_per_node 2 train.py              # the same script, data-parallel
 
 The run folder (--out) gets config.json, the two tokenizers, model.safetensors (best validation
-BLEU), last.safetensors, trainer_state.pt (everything --resume needs), metrics.jsonl (one line a
-validation) and, at the end, metrics.json with the test scores. Every file is written atomically.
+BLEU), last.safetensors, trainer_state.pt (everything --resume needs), metrics.jsonl (a "train" line
+every --log-every steps, a "valid" line a validation) and, at the end, metrics.json with the test
+scores. Every file is written atomically.
 """
 
 import argparse
@@ -46,8 +47,9 @@ class TrainConfig:
     src: str = "en"
     tgt: str = "de"
     bert: str = "minilm"  # minilm | PATH to a BERT checkpoint | none (a small random encoder)
+    pretrained: bool = True  # --no-pretrained: the checkpoint's architecture and vocabulary, random weights
     adapter: str = "mlp"
-    freeze_encoder: bool | None = None  # default: frozen when pre-trained, trained when --bert none
+    freeze_encoder: bool | None = None  # default: frozen when pre-trained, trained when random
     dec_width: int = 256
     dec_layers: int = 2
     dec_heads: int = 4
@@ -62,7 +64,7 @@ class TrainConfig:
     batch_tokens: int = 2048
     accum: int = 1
     lr: float = 1.5e-3
-    encoder_lr_scale: float = 0.05
+    encoder_lr_scale: float | None = None  # default: 0.05 for pre-trained weights, 1 for random ones
     warmup: int = 100
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
@@ -70,6 +72,7 @@ class TrainConfig:
     seed: int = 0
     beam: int = 1  # for validation and test BLEU
     save_every: int = 500  # steps between mid-epoch checkpoints; 0 = only at epoch ends
+    log_every: int = 10  # steps between training-loss lines in metrics.jsonl
     device: str = "auto"
     compile: bool = False
     out: str = "runs/toy"
@@ -88,11 +91,17 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             parser.add_argument(flag, choices=["auto", "cpu", "cuda"], default=f.default)
         elif f.name == "epochs":
             parser.add_argument(flag, type=int, default=f.default, metavar="INT")
+        elif f.name == "encoder_lr_scale":
+            parser.add_argument(flag, type=float, default=f.default, metavar="FLOAT")
         else:
             parser.add_argument(flag, type=f.type, default=f.default, metavar=f.type.__name__.upper())
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    random_encoder = cfg.bert == "none" or not cfg.pretrained
     if cfg.freeze_encoder is None:
-        cfg.freeze_encoder = cfg.bert != "none"
+        cfg.freeze_encoder = not random_encoder
+    if cfg.encoder_lr_scale is None:
+        # Pre-trained weights are nudged gently; an encoder learning from scratch needs the full rate.
+        cfg.encoder_lr_scale = 1.0 if random_encoder else 0.05
     if cfg.epochs is None:
         # Four epochs reach BLEU 90 on the toy set with room to spare; else the given limit decides.
         cfg.epochs = 1_000_000 if cfg.max_minutes or cfg.max_steps else 4
@@ -146,6 +155,8 @@ def build(cfg: TrainConfig, train_src: list[str], train_tgt: list[str]):
     else:
         path = fetch_minilm() if cfg.bert == "minilm" else Path(cfg.bert)
         encoder = load_pretrained_bert(path, pooler=False)
+        if not cfg.pretrained:  # same architecture and WordPiece vocabulary, BERT's random init
+            encoder = BertModel(encoder.config)
         src_tok = load_bert_tokenizer(path, max_length=encoder.config.max_position_embeddings)
     tgt_tok = train_target_tokenizer(train_tgt, cfg.tgt_vocab)
     decoder = TransformerDecoder(DecoderConfig(
@@ -299,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     # The schedule's length in steps is fixed when the run starts, so a resumed run keeps it. A run
     # limited only by --max-minutes measures its progress in time instead (not bit-reproducible).
     total = min(cfg.max_steps or math.inf, cfg.epochs * steps_per_epoch)
-    state = {"step": 0, "epoch": 0, "batch": 0, "total": total, "elapsed": 0.0, "best_bleu": -1.0, "metrics": []}
+    state = {"step": 0, "epoch": 0, "batch": 0, "total": total, "elapsed": 0.0, "best_bleu": -1.0, "metrics": [],
+             "loss_sum": 0.0}  # training loss summed since the last metrics line
     if cfg.resume:
         saved = torch.load(run_dir / "trainer_state.pt", map_location="cpu", weights_only=True)
         # The weights saved with the optimiser state, not last.safetensors: see save() below.
@@ -343,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                         _, loss = train_model(src, tgt[:, :-1], tgt[:, 1:], cfg.label_smoothing, encoder_out=h)
                     (loss / cfg.accum).backward()
+                    state["loss_sum"] += loss.item() / cfg.accum
                     tokens_seen += (tgt[:, 1:] != 0).sum().item()
                 progress = state["step"] / state["total"]
                 if cfg.max_minutes:
@@ -357,6 +370,15 @@ def main(argv: list[str] | None = None) -> None:
                 state["elapsed"] = time.time() - started
                 bar.update(cfg.accum)
                 bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen * world / (time.time() - t0):,.0f}")
+                if cfg.log_every and state["step"] % cfg.log_every == 0:
+                    # Rank 0's own loss, averaged over the last log_every steps (for the curves).
+                    state["metrics"].append({"split": "train", "step": state["step"],
+                                             "minutes": state["elapsed"] / 60,
+                                             "loss": state["loss_sum"] / cfg.log_every,
+                                             "lr": optimizer.param_groups[0]["lr"]})
+                    state["loss_sum"] = 0.0
+                    if is_main():
+                        save_jsonl(run_dir / "metrics.jsonl", state["metrics"])
                 if cfg.save_every and state["step"] % cfg.save_every == 0:
                     save()
                 stop = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or \
@@ -374,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
             # --- validation, best checkpoint, metrics log (rank 0) ---------------------------
             if is_main():
                 m = evaluate(model, splits["valid"], src_tok, tgt_tok, cfg, device, cached.get("valid"))
-                m.update(epoch=state["epoch"], step=state["step"], minutes=state["elapsed"] / 60)
+                m.update(split="valid", epoch=state["epoch"], step=state["step"], minutes=state["elapsed"] / 60)
                 state["metrics"].append(m)
                 log(f"epoch {state['epoch']} step {state['step']}: valid loss {m['loss']:.3f} ppl {m['ppl']:.2f} "
                     f"BLEU {m['bleu']:.1f} chrF {m['chrf']:.1f}  ({m['bleu_signature']})")
@@ -383,8 +405,7 @@ def main(argv: list[str] | None = None) -> None:
                 if m["bleu"] > state["best_bleu"]:
                     state["best_bleu"] = m["bleu"]
                     save_weights(run_dir / "model.safetensors", model.state_dict())
-                save_jsonl(run_dir / "metrics.jsonl", [{k: v for k, v in x.items() if k != "samples"}
-                                                       for x in state["metrics"]])
+                save_jsonl(run_dir / "metrics.jsonl", state["metrics"])
                 save()
             if world > 1:
                 dist.barrier()

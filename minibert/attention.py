@@ -145,25 +145,35 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None, fused: bool = True,
+                cache: KVCache | None = None, fused: bool = True, real: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, C) -> output (B, T, C) and, when fused=False, probabilities (B, H, T, S).
 
         Self-attention: keys and values come from x; with a `cache`, they are appended to it and
         the queries attend to everything cached. Cross-attention: keys and values are
         `memory_kv`, from `project_memory`. `mask` is bool, True = may attend.
+
+        real (B, T) bool, self-attention only: x holds just the real tokens of a padded batch,
+        packed as (N, C), and so does the output. The projections then skip the padding; only
+        the attention itself, which needs to know which tokens share a sentence, runs on the
+        (B, T) grid. BERT's encoder works this way.
         """
-        b, t, c = x.shape
         if self.cross:
             if memory_kv is None:
                 raise ValueError("cross-attention needs memory_kv (see project_memory)")
             q = self.split_heads(self.query(x))  # (B, H, T, D)
             k, v = memory_kv  # (B, H, S, D) each
         else:
-            q, k, v = (self.split_heads(z) for z in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, D) each
+            qkv = self.qkv(x)  # (B, T, 3C), or (N, 3C) when packed
+            if real is not None:  # scatter the packed tokens into the (B, T) grid, zeros elsewhere
+                grid = qkv.new_zeros(*real.shape, qkv.size(-1))  # (B, T, 3C)
+                grid[real] = qkv
+                qkv = grid
+            q, k, v = (self.split_heads(z) for z in qkv.chunk(3, dim=-1))  # (B, H, T, D) each
             if cache is not None:
                 k, v = cache.append(k, v)  # (B, H, S, D) each, S = cached + T
         dropout = self.dropout if self.training else 0.0
         y, probs = attend(q, k, v, mask, dropout=dropout, fused=fused)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
-        return self.output(y), probs
+        y = y.transpose(1, 2)  # (B, T, H, D)
+        y = y[real] if real is not None else y  # (N, H, D) when packed
+        return self.output(y.flatten(-2)), probs  # (B, T, C) or (N, C)

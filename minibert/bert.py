@@ -65,6 +65,18 @@ class BertConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def init_weights(module: nn.Module) -> None:
+    """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm. A loaded
+    checkpoint overwrites it; an encoder trained from scratch starts from it."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -100,13 +112,11 @@ class BertLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, real: torch.Tensor, mask: torch.Tensor, fused: bool = True) -> torch.Tensor:
         """x (N, C): the N real tokens of the batch, packed; real (B, S) bool marks where they sit."""
-        # Attention needs the (B, S) grid to know which tokens share a sentence, so scatter the
-        # tokens back into it; every other sublayer works on real tokens only.
-        grid = x.new_zeros(*real.shape, x.size(-1))  # (B, S, C)
-        grid[real] = x
-        h, _ = self.attention(grid, mask, fused=fused)  # (B, S, C)
+        # Only the attention scores need the (B, S) grid, to know which tokens share a sentence;
+        # every matmul, projections included, works on the real tokens alone (see attention.py).
+        h, _ = self.attention(x, mask, fused=fused, real=real)  # (N, C)
         # Post-LN: the residual sum is normalised after each sublayer (BERT, not pre-LN GPT-2).
-        x = self.attention_norm(x + self.dropout(h[real]))  # (N, C)
+        x = self.attention_norm(x + self.dropout(h))  # (N, C)
         h = self.output(self.act(self.intermediate(x)))  # (N, F) -> (N, C)
         return self.output_norm(x + self.dropout(h))  # (N, C)
 
@@ -122,6 +132,7 @@ class BertModel(nn.Module):
         # The pooler (tanh(W h_[CLS])) was trained for next-sentence prediction; a translator
         # does not need it, so it is built only when asked for.
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
+        self.apply(init_weights)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, fused: bool = True) -> torch.Tensor:

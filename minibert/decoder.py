@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minibert.attention import KVCache, MultiHeadAttention, causal_mask
+from minibert.bert import init_weights
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class DecoderCache:
     memory_kv: list[tuple[torch.Tensor, torch.Tensor]]
     memory_mask: torch.Tensor
 
+    def __post_init__(self):
+        self.memory_full = bool(self.memory_mask.all())  # no padding: cross-attention needs no mask
+
     @property
     def length(self) -> int:
         return self.self_kv[0].length
@@ -57,17 +61,7 @@ class DecoderCache:
             kv.reorder(index)
         self.memory_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv]
         self.memory_mask = self.memory_mask.index_select(0, index)
-
-
-def init_weights(module: nn.Module) -> None:
-    """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
-    if isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        self.memory_full = bool(self.memory_mask.all())
 
 
 class DecoderLayer(nn.Module):
@@ -113,26 +107,42 @@ class TransformerDecoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.apply(init_weights)
+        self.apply(init_weights)  # BERT's initialisation, see bert.py
 
-    def run_layers(self, tokens: torch.Tensor, start: int, self_mask: torch.Tensor,
-                   memory_kv: list, memory_mask: torch.Tensor, caches: list | None, fused: bool,
+    def run_layers(self, tokens: torch.Tensor, start: int, self_mask: torch.Tensor | None,
+                   memory_kv: list, memory_mask: torch.Tensor | None, caches: list | None, fused: bool,
                    ) -> tuple[torch.Tensor, list]:
-        """Shared body of `forward` and `step`: tokens (B, T) at positions start.. -> logits (B, T, V)."""
+        """Shared body of `forward` and `step`: tokens (B, T) at positions start.. -> the final,
+        normalised hidden states (B, T, C) and each layer's cross-attention probabilities."""
         t = tokens.size(1)
         if start + t > self.config.max_position_embeddings:
             raise ValueError(f"target length {start + t} exceeds the decoder's "
                              f"max_position_embeddings {self.config.max_position_embeddings}")
-        positions = torch.arange(start, start + t, device=tokens.device)  # (T,)
-        x = self.dropout(self.word_embeddings(tokens) + self.position_embeddings(positions))  # (B, T, C)
+        positions = self.position_embeddings.weight[start:start + t]  # (T, C): rows start..start+T-1
+        x = self.dropout(self.word_embeddings(tokens) + positions)  # (B, T, C)
         all_probs = []
         for i, layer in enumerate(self.layers):
             cache = caches[i] if caches is not None else None
             x, probs = layer(x, self_mask, memory_kv[i], memory_mask, cache=cache, fused=fused)
             all_probs.append(probs)
-        # Tied output projection: the logit of token v is the dot product with its embedding.
-        logits = F.linear(self.final_norm(x), self.word_embeddings.weight)  # (B, T, V)
-        return logits, all_probs
+        return self.final_norm(x), all_probs
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits of the next token: h (..., C) -> (..., V). The output projection is tied to the
+        input embedding, so the logit of token v is the dot product with v's embedding."""
+        return F.linear(h, self.word_embeddings.weight)
+
+    def hidden(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+               fused: bool = True) -> torch.Tensor:
+        """Teacher-forced pass up to the output layer: tgt_in (B, T) -> hidden states (B, T, C).
+        Training scores only the real target positions, so it projects those alone (model.py)."""
+        t = tgt_in.size(1)
+        # Targets are right-padded, so the causal mask alone already keeps every real query
+        # away from padding keys (they all lie in its future); padded queries are not scored.
+        self_mask = causal_mask(t, t, device=tgt_in.device)  # (T, T)
+        memory_kv = [layer.cross_attention.project_memory(memory) for layer in self.layers]
+        h, _ = self.run_layers(tgt_in, 0, self_mask, memory_kv, memory_mask, None, fused)
+        return h
 
     def forward(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
                 fused: bool = True) -> torch.Tensor:
@@ -140,13 +150,7 @@ class TransformerDecoder(nn.Module):
         memory H' (B, S, C), memory_mask (B, 1, 1, S) bool, True = real source token.
         Returns logits (B, T, V) for the next token at every position.
         """
-        t = tgt_in.size(1)
-        # Targets are right-padded, so the causal mask alone already keeps every real query
-        # away from padding keys (they all lie in its future); padded queries are not scored.
-        self_mask = causal_mask(t, t, device=tgt_in.device)  # (T, T)
-        memory_kv = [layer.cross_attention.project_memory(memory) for layer in self.layers]
-        logits, _ = self.run_layers(tgt_in, 0, self_mask, memory_kv, memory_mask, None, fused)
-        return logits
+        return self.project(self.hidden(tgt_in, memory, memory_mask, fused))
 
     def start(self, memory: torch.Tensor, memory_mask: torch.Tensor, max_len: int) -> DecoderCache:
         """A fresh cache for decoding up to max_len tokens from memory H' (B, S, C)."""
@@ -166,8 +170,12 @@ class TransformerDecoder(nn.Module):
         layer's cross-attention probabilities (B, H, T, S).
         """
         start, t = cache.length, tokens.size(1)
-        self_mask = causal_mask(t, start + t, device=tokens.device)  # (T, S_self), right-aligned
-        logits, probs = self.run_layers(tokens, start, self_mask, cache.memory_kv, cache.memory_mask,
-                                        cache.self_kv, fused)
-        return logits, cache, probs
+        # One new token may see every cached one, so the usual step needs no self-attention mask;
+        # nor does cross-attention when no source in the batch has padding. Each mask skipped
+        # saves a handful of small tensor ops per layer, and at batch 1 those cost as much as
+        # the matmuls (benchmarks/generate.py).
+        self_mask = causal_mask(t, start + t, device=tokens.device) if t > 1 else None  # (T, S_self)
+        memory_mask = cache.memory_mask if not cache.memory_full else None
+        h, probs = self.run_layers(tokens, start, self_mask, cache.memory_kv, memory_mask, cache.self_kv, fused)
+        return self.project(h), cache, probs
 

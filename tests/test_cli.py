@@ -85,8 +85,11 @@ def test_run_folder_has_everything(trained):
                  "last.safetensors", "trainer_state.pt", "metrics.jsonl", "metrics.json"):
         assert (trained / name).is_file(), name
     metrics = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in metrics] == [1, 2, 3]
-    assert {"loss", "ppl", "bleu", "chrf", "bleu_signature"} <= set(metrics[0])
+    valid = [m for m in metrics if m["split"] == "valid"]
+    assert [m["epoch"] for m in valid] == [1, 2, 3]
+    assert {"loss", "ppl", "bleu", "chrf", "bleu_signature"} <= set(valid[0])
+    train_steps = [m["step"] for m in metrics if m["split"] == "train"]
+    assert train_steps and train_steps == list(range(10, valid[-1]["step"] + 1, 10))  # --log-every 10
     assert "bleu" in json.loads((trained / "metrics.json").read_text())["test"]
 
 

@@ -125,7 +125,8 @@ def test_no_nan_in_logits_or_gradients_even_for_empty_sources(src_lengths, t, se
     for row, n in enumerate(src_lengths):
         src[row, n:] = 0  # n = 0: a source of nothing but padding
     tgt_out = torch.randint(3, TGT_VOCAB, tgt.shape)
-    logits, loss = model(src, tgt, tgt_out)
+    logits, _ = model(src, tgt)
+    _, loss = model(src, tgt, tgt_out)
     loss.backward()
     assert not logits.isnan().any() and torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -137,7 +138,8 @@ def test_loss_ignores_padding_positions():
     tgt_out = torch.randint(3, TGT_VOCAB, (2, 5))
     tgt_out[0, 3:] = PAD
     with torch.no_grad():
-        logits, loss = model(src, tgt, tgt_out)
+        logits, _ = model(src, tgt)
+        _, loss = model(src, tgt, tgt_out)  # scores only the real target positions
         other = logits.clone()
         other[0, 3:] = torch.randn_like(other[0, 3:]) * 10  # logits where the target is padding
     assert torch.allclose(loss, model.loss(other, tgt_out))
