@@ -2,7 +2,8 @@
 
 Implements scaled dot-product attention (Vaswani et al. 2017, eq. 1) and its multi-head form
 (section 3.2.2) for three roles: BERT's self-attention, the decoder's causal self-attention and
-the decoder's cross-attention over the adapter output H'. The fused path calls PyTorch's
+the decoder's cross-attention over the adapter output H' (Xiao & Zhu, Foundations of LLMs, ch. 1:
+the Transformer that both BERT and the new decoder are made of). The fused path calls PyTorch's
 `scaled_dot_product_attention`; the reference path writes the softmax out for reading and returns
 the attention probabilities for pictures. Relative positions and sparse patterns are left out.
 
@@ -39,6 +40,14 @@ def causal_mask(t: int, s: int, device: torch.device | None = None) -> torch.Ten
     q_pos = torch.arange(s - t, s, device=device)[:, None]  # (T, 1)
     k_pos = torch.arange(s, device=device)[None, :]  # (1, S)
     return k_pos <= q_pos  # (T, S)
+
+
+def to_grid(x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Packed rows x (N, F), the real tokens of a padded batch, back onto the (B, T, F) grid
+    that real (B, T) bool marks; zeros at the padding. Its inverse is grid[real]."""
+    grid = x.new_zeros(*real.shape, x.size(-1))  # (B, T, F)
+    grid[real] = x
+    return grid
 
 
 # -----------------------------------------------------------------------------
@@ -153,22 +162,20 @@ class MultiHeadAttention(nn.Module):
         the queries attend to everything cached. Cross-attention: keys and values are
         `memory_kv`, from `project_memory`. `mask` is bool, True = may attend.
 
-        real (B, T) bool, self-attention only: x holds just the real tokens of a padded batch,
-        packed as (N, C), and so does the output. The projections then skip the padding; only
-        the attention itself, which needs to know which tokens share a sentence, runs on the
-        (B, T) grid. BERT's encoder works this way.
+        real (B, T) bool: x holds just the real tokens of a padded batch, packed as (N, C), and
+        so does the output. The projections then skip the padding; only the attention itself,
+        which needs to know which tokens share a sentence, runs on the (B, T) grid. BERT's
+        encoder and the decoder's training pass work this way.
         """
         if self.cross:
             if memory_kv is None:
                 raise ValueError("cross-attention needs memory_kv (see project_memory)")
-            q = self.split_heads(self.query(x))  # (B, H, T, D)
+            q = self.query(x)  # (B, T, C), or (N, C) when packed
+            q = self.split_heads(to_grid(q, real) if real is not None else q)  # (B, H, T, D)
             k, v = memory_kv  # (B, H, S, D) each
         else:
             qkv = self.qkv(x)  # (B, T, 3C), or (N, 3C) when packed
-            if real is not None:  # scatter the packed tokens into the (B, T) grid, zeros elsewhere
-                grid = qkv.new_zeros(*real.shape, qkv.size(-1))  # (B, T, 3C)
-                grid[real] = qkv
-                qkv = grid
+            qkv = to_grid(qkv, real) if real is not None else qkv  # (B, T, 3C)
             q, k, v = (self.split_heads(z) for z in qkv.chunk(3, dim=-1))  # (B, H, T, D) each
             if cache is not None:
                 k, v = cache.append(k, v)  # (B, H, S, D) each, S = cached + T

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minibert.attention import MultiHeadAttention
+from minibert.attention import MultiHeadAttention, to_grid
 
 # The activations BERT configs name. "gelu" is the exact erf form (BERT's own); the tanh
 # approximation goes by three names in the wild, and all of them compute the same function.
@@ -159,9 +159,7 @@ class BertModel(nn.Module):
         x = x[real]  # (N, C)
         for layer in self.layers:
             x = layer(x, real, mask, fused=fused)  # (N, C)
-        out = x.new_zeros(*real.shape, x.size(-1))  # (B, S, C)
-        out[real] = x
-        return out
+        return to_grid(x, real)  # (B, S, C), zeros at padding
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """BERT's pooled output tanh(W h_[CLS] + b): hidden (B, S, C) -> (B, C)."""

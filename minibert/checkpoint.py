@@ -4,6 +4,7 @@ A run folder (written by train.py, read by generate.py) holds `config.json` (the
 adapter and decoder settings), `source_tokenizer.json`, `target_tokenizer.json` and the weights
 in safetensors files. A rename within one folder is atomic, so a crash or Ctrl-C leaves either
 the old file or the new one, never half of one. Loading never unpickles arbitrary objects.
+Plumbing, no textbook section. Left out: sharded checkpoints and any format but safetensors.
 """
 
 import json

@@ -5,6 +5,8 @@ with or without the `bert.` prefix of BertForPreTraining, and with the `gamma`/`
 names of TF-era exports. An explicit name table maps every tensor; Q, K and V are fused into one
 matrix; the key set must match exactly and every shape is checked. MLM/NSP heads and the
 `position_ids` buffer are dropped on purpose. Pickles are never executed (weights_only=True).
+Textbook: Xiao & Zhu, ch. 1 (reusing a pre-trained BERT means loading its exact weights). Left
+out: TensorFlow checkpoint files (convert them to the Hugging Face layout first).
 
 CLI: python -m minibert.convert SRC DST   writes DST/model.safetensors, config.json, vocabulary.
 """

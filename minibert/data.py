@@ -5,6 +5,7 @@ others). Lines are read as strict UTF-8; a bad byte, an empty file or a line-cou
 error naming the file (and the line). Batches group sentences of similar length up to a token
 budget, as in Vaswani et al. 2017 (sec. 5.1), so little compute goes to padding. The batch order
 is a pure function of (seed, epoch), which is what lets `--resume` continue exactly.
+Plumbing, no textbook section. Left out: streaming corpora too large for memory.
 """
 
 import random

@@ -55,13 +55,16 @@ class DecoderCache:
     def length(self) -> int:
         return self.self_kv[0].length
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows `index`: the parent beam of each survivor, or the unfinished rows."""
+    def reorder(self, index: torch.Tensor, memory: bool = True) -> None:
+        """Keep batch rows `index`: the parent beam of each survivor, or the unfinished rows.
+        memory=False leaves the keys and values of H' alone, for when every row keeps its source (a
+        beam's parent is always a beam of the same sentence): that saves copying them each step."""
         for kv in self.self_kv:
             kv.reorder(index)
-        self.memory_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv]
-        self.memory_mask = self.memory_mask.index_select(0, index)
-        self.memory_full = bool(self.memory_mask.all())
+        if memory:
+            self.memory_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv]
+            self.memory_mask = self.memory_mask.index_select(0, index)
+            self.memory_full = bool(self.memory_mask.all())
 
 
 class DecoderLayer(nn.Module):
@@ -85,14 +88,15 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, self_mask: torch.Tensor,
                 memory_kv: tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor,
-                cache: KVCache | None = None, fused: bool = True,
+                cache: KVCache | None = None, fused: bool = True, real: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, T, C) -> (B, T, C), plus the cross-attention probabilities when fused=False."""
-        h, _ = self.attention(self.attention_norm(x), self_mask, cache=cache, fused=fused)
+        """x (B, T, C) -> (B, T, C), plus the cross-attention probabilities when fused=False.
+        With real (B, T) bool, x holds only those tokens, packed (N, C) -> (N, C)."""
+        h, _ = self.attention(self.attention_norm(x), self_mask, cache=cache, fused=fused, real=real)
         x = x + self.dropout(h)  # (B, T, C)
         # The only place the decoder sees the source: queries from the target, keys/values from H'.
         h, probs = self.cross_attention(self.cross_attention_norm(x), memory_mask,
-                                        memory_kv=memory_kv, fused=fused)
+                                        memory_kv=memory_kv, fused=fused, real=real)
         x = x + self.dropout(h)  # (B, T, C)
         h = self.output(F.gelu(self.intermediate(self.ffn_norm(x))))  # (B, T, F) -> (B, T, C)
         return x + self.dropout(h), probs
@@ -111,19 +115,21 @@ class TransformerDecoder(nn.Module):
 
     def run_layers(self, tokens: torch.Tensor, start: int, self_mask: torch.Tensor | None,
                    memory_kv: list, memory_mask: torch.Tensor | None, caches: list | None, fused: bool,
-                   ) -> tuple[torch.Tensor, list]:
+                   real: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
         """Shared body of `forward` and `step`: tokens (B, T) at positions start.. -> the final,
-        normalised hidden states (B, T, C) and each layer's cross-attention probabilities."""
+        normalised hidden states (B, T, C) and each layer's cross-attention probabilities.
+        With real (B, T) bool, only those positions are computed and returned, packed (N, C)."""
         t = tokens.size(1)
         if start + t > self.config.max_position_embeddings:
             raise ValueError(f"target length {start + t} exceeds the decoder's "
                              f"max_position_embeddings {self.config.max_position_embeddings}")
         positions = self.position_embeddings.weight[start:start + t]  # (T, C): rows start..start+T-1
         x = self.dropout(self.word_embeddings(tokens) + positions)  # (B, T, C)
+        x = x[real] if real is not None else x  # (N, C) when packed
         all_probs = []
         for i, layer in enumerate(self.layers):
             cache = caches[i] if caches is not None else None
-            x, probs = layer(x, self_mask, memory_kv[i], memory_mask, cache=cache, fused=fused)
+            x, probs = layer(x, self_mask, memory_kv[i], memory_mask, cache=cache, fused=fused, real=real)
             all_probs.append(probs)
         return self.final_norm(x), all_probs
 
@@ -133,15 +139,19 @@ class TransformerDecoder(nn.Module):
         return F.linear(h, self.word_embeddings.weight)
 
     def hidden(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
-               fused: bool = True) -> torch.Tensor:
+               fused: bool = True, real: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced pass up to the output layer: tgt_in (B, T) -> hidden states (B, T, C).
-        Training scores only the real target positions, so it projects those alone (model.py)."""
+
+        real (B, T) bool, a prefix of each row: compute only those positions and return them
+        packed, (N, C). Training passes the positions it scores, so the dense layers and the
+        output projection skip the padding (model.py).
+        """
         t = tgt_in.size(1)
         # Targets are right-padded, so the causal mask alone already keeps every real query
         # away from padding keys (they all lie in its future); padded queries are not scored.
         self_mask = causal_mask(t, t, device=tgt_in.device)  # (T, T)
         memory_kv = [layer.cross_attention.project_memory(memory) for layer in self.layers]
-        h, _ = self.run_layers(tgt_in, 0, self_mask, memory_kv, memory_mask, None, fused)
+        h, _ = self.run_layers(tgt_in, 0, self_mask, memory_kv, memory_mask, None, fused, real)
         return h
 
     def forward(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,

@@ -107,7 +107,7 @@ def beam_search(model: Seq2Seq, src_ids: torch.Tensor, bos: int, eos: int, max_l
         token = flat % v  # with which token, (B, K)
         # Rows of the (B*K) batch that the survivors come from; reorder everything by them.
         rows = (torch.arange(b, device=device)[:, None] * k + parent).view(-1)  # (B*K,)
-        cache.reorder(rows)
+        cache.reorder(rows, memory=False)  # survivors stay with their own source's H'
         was_finished = finished[rows]
         tokens = torch.cat([tokens[rows], token.view(-1, 1)], dim=1)  # (B*K, L+1)
         lengths = lengths[rows] + (~was_finished).float()

