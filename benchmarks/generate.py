@@ -1,7 +1,8 @@
 """Generation: minibert's KV-cached greedy and beam search against Hugging Face generate(), on the
 same MiniLM encoder and the same (randomly initialised) 3-layer decoder shape. Exactly 40 new
 tokens per sentence (end-of-sentence is never allowed to stop a sentence early), batch 1 and 32
-of Multi30k sources, beam 1 and 4. Reports generated tokens per second and the ratio.
+of Multi30k sources, beam 1 and 4. Reports generated tokens per second and the ratio, the time
+per step, and the step's matmuls alone (`matmul_floor`): what no decoding loop can go below.
 
     python -m benchmarks.generate       # needs ../shared/data/multi30k and the MiniLM checkpoint
 """
@@ -11,12 +12,31 @@ import time
 
 import torch
 
-from benchmarks.common import finish, try_transformers
+from benchmarks.common import finish, median_seconds, try_transformers
 from benchmarks.pairs import BOS, EOS, PAD, batches, hf_model, minibert_model
 from minibert.decoding import beam_search, generate
 
 NEW_TOKENS = 40
 ROUNDS = 5
+
+
+def matmul_floor(model, rows: int) -> float:
+    """Seconds for just the matmuls one decoding step must do, rows tokens at a time: every
+    per-step weight of every decoder layer, then the tied output projection. At batch 1 these
+    read ~37 MB of fp32 weights to do little arithmetic, so memory bandwidth sets this floor."""
+    dec = model.decoder
+    weights = [w for layer in dec.layers for w in (layer.attention.qkv.weight, layer.attention.output.weight,
+                                                    layer.cross_attention.query.weight,
+                                                    layer.cross_attention.output.weight,
+                                                    layer.intermediate.weight, layer.output.weight)]
+    weights.append(dec.word_embeddings.weight)
+    xs = {w.size(1): torch.randn(rows, w.size(1)) for w in weights}
+
+    def step():
+        for w in weights:
+            torch.nn.functional.linear(xs[w.size(1)], w)
+    with torch.no_grad():
+        return median_seconds(step, repeats=20, warmup=3)
 
 
 def main() -> None:
@@ -56,7 +76,10 @@ def main() -> None:
             hf_s = statistics.median(times["hf"]) if "hf" in times else None
             rows.append({"search": "greedy" if beam == 1 else f"beam {beam}", "batch": b,
                          "minibert_tok_s": tokens / ours_s, "hf_tok_s": tokens / hf_s if hf_s else None,
-                         "ratio": hf_s / ours_s if hf_s else None})
+                         "ratio": hf_s / ours_s if hf_s else None,
+                         "minibert_ms_step": ours_s / NEW_TOKENS * 1e3,
+                         "hf_ms_step": hf_s / NEW_TOKENS * 1e3 if hf_s else None,
+                         "matmul_floor_ms_step": matmul_floor(ours, b * beam) * 1e3})
     finish("generate", rows, new_tokens=NEW_TOKENS)
 
 
