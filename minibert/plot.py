@@ -39,7 +39,7 @@ def plot_curves(runs: list[tuple[str, list[dict]]], out: str | Path, title: str 
         import matplotlib.pyplot as plt
     except ImportError:
         raise DataError("plotting needs matplotlib: pip install matplotlib") from None
-    fig, (ax_loss, ax_bleu) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_bleu) = plt.subplots(1, 2, figsize=(12, 4.2))
     for i, (label, metrics) in enumerate(runs):
         style = {"color": f"C{i}", **(styles[i] if styles else {})}
         train = [m for m in metrics if m.get("split") == "train"]
@@ -53,7 +53,7 @@ def plot_curves(runs: list[tuple[str, list[dict]]], out: str | Path, title: str 
     ax_bleu.set(xlabel="optimiser step", ylabel="sacreBLEU", title="validation BLEU (greedy)")
     for ax in (ax_loss, ax_bleu):
         ax.grid(alpha=0.3)
-    ax_bleu.legend(fontsize=8)
+    ax_bleu.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the plot, not on it
     if title:
         fig.suptitle(title)
     fig.tight_layout()
