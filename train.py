@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         model.load_state_dict(saved.pop("model"))
         optimizer.load_state_dict(saved.pop("optimizer"))
         torch.set_rng_state(saved.pop("rng"))
-        state = saved
+        state = {"loss_sum": 0.0, **saved}  # runs saved before the training-loss lines lack loss_sum
         log(f"resuming at epoch {state['epoch'] + 1}, step {state['step']}")
     train_model = model
     if cfg.compile:  # optional: torch.compile the whole model for speed

@@ -93,6 +93,29 @@ def test_run_folder_has_everything(trained):
     assert "bleu" in json.loads((trained / "metrics.json").read_text())["test"]
 
 
+def test_plot_draws_the_curves_of_a_run_folder(tmp_path, trained):
+    pytest.importorskip("matplotlib")  # a test extra: installed by pip install -e ".[test]"
+    out = tmp_path / "curves.png"
+    result = subprocess.run([sys.executable, "-m", "minibert.plot", str(trained), "--out", str(out)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = subprocess.run([sys.executable, "-m", "minibert.plot", str(tmp_path), "--out", str(out)],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert one_line_error(missing) == f"error: {tmp_path / 'metrics.jsonl'}: no such file " \
+                                      f"(is {tmp_path} a train.py run folder?)"
+
+
+def test_random_encoders_train_at_the_full_rate_and_pretrained_ones_gently():
+    sys.path.insert(0, str(ROOT))
+    from train import parse_args
+    pretrained, random_init, scratch = parse_args([]), parse_args(["--no-pretrained"]), parse_args(["--bert", "none"])
+    assert (pretrained.freeze_encoder, pretrained.encoder_lr_scale) == (True, 0.05)
+    assert (random_init.freeze_encoder, random_init.encoder_lr_scale) == (False, 1.0)
+    assert (scratch.freeze_encoder, scratch.encoder_lr_scale) == (False, 1.0)
+    assert parse_args(["--no-freeze-encoder", "--encoder-lr-scale", "0.1"]).encoder_lr_scale == 0.1
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data, trained):
     out = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(data), "--out", str(out), "--epochs", "3",
