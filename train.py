@@ -29,7 +29,7 @@ from minibert.adapter import ADAPTER_KINDS, make_adapter
 from minibert.bert import BertConfig, BertModel
 from minibert.checkpoint import (CheckpointError, load_translator, save_json, save_jsonl, save_torch,
                                  save_weights, translator_config)
-from minibert.convert import load_pretrained_bert
+from minibert.convert import load_pretrained_bert, read_config
 from minibert.data import DataError, find_splits, make_batches, pad, read_parallel
 from minibert.decoder import DecoderConfig, TransformerDecoder
 from minibert.decoding import translate
@@ -154,9 +154,10 @@ def build(cfg: TrainConfig, train_src: list[str], train_tgt: list[str]):
                                        attention_probs_dropout_prob=cfg.dropout))
     else:
         path = fetch_minilm() if cfg.bert == "minilm" else Path(cfg.bert)
-        encoder = load_pretrained_bert(path, pooler=False)
-        if not cfg.pretrained:  # same architecture and WordPiece vocabulary, BERT's random init
-            encoder = BertModel(encoder.config)
+        if cfg.pretrained:
+            encoder = load_pretrained_bert(path, pooler=False)
+        else:  # the checkpoint's architecture and WordPiece vocabulary, BERT's random initialisation
+            encoder = BertModel(read_config(path))
         src_tok = load_bert_tokenizer(path, max_length=encoder.config.max_position_embeddings)
     tgt_tok = train_target_tokenizer(train_tgt, cfg.tgt_vocab)
     decoder = TransformerDecoder(DecoderConfig(
@@ -355,7 +356,8 @@ def main(argv: list[str] | None = None) -> None:
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                         _, loss = train_model(src, tgt[:, :-1], tgt[:, 1:], cfg.label_smoothing, encoder_out=h)
                     (loss / cfg.accum).backward()
-                    state["loss_sum"] += loss.item() / cfg.accum
+                    loss_value = loss.item()
+                    state["loss_sum"] += loss_value / cfg.accum
                     tokens_seen += (tgt[:, 1:] != 0).sum().item()
                 progress = state["step"] / state["total"]
                 if cfg.max_minutes:
@@ -369,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
                 state["batch"] += cfg.accum
                 state["elapsed"] = time.time() - started
                 bar.update(cfg.accum)
-                bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen * world / (time.time() - t0):,.0f}")
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_seen * world / (time.time() - t0):,.0f}")
                 if cfg.log_every and state["step"] % cfg.log_every == 0:
                     # Rank 0's own loss, averaged over the last log_every steps (for the curves).
                     state["metrics"].append({"split": "train", "step": state["step"],

@@ -42,14 +42,12 @@ class DecoderCache:
 
     self_kv: per layer, the self-attention keys and values, growing by one position a step.
     memory_kv: per layer, the cross-attention keys and values of H', computed once per source.
-    memory_mask: (B, 1, 1, S) bool, the real source positions.
+    memory_mask: (B, 1, 1, S) bool, the real source positions; None when no source in the batch
+        has padding, so cross-attention then needs no mask at all.
     """
     self_kv: list[KVCache]
     memory_kv: list[tuple[torch.Tensor, torch.Tensor]]
-    memory_mask: torch.Tensor
-
-    def __post_init__(self):
-        self.memory_full = bool(self.memory_mask.all())  # no padding: cross-attention needs no mask
+    memory_mask: torch.Tensor | None
 
     @property
     def length(self) -> int:
@@ -63,8 +61,8 @@ class DecoderCache:
             kv.reorder(index)
         if memory:
             self.memory_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv]
-            self.memory_mask = self.memory_mask.index_select(0, index)
-            self.memory_full = bool(self.memory_mask.all())
+            if self.memory_mask is not None:
+                self.memory_mask = self.memory_mask.index_select(0, index)
 
 
 class DecoderLayer(nn.Module):
@@ -170,7 +168,7 @@ class TransformerDecoder(nn.Module):
                    for _ in self.layers]
         # Cross-attention keys and values depend only on the source: compute them once here.
         memory_kv = [layer.cross_attention.project_memory(memory) for layer in self.layers]
-        return DecoderCache(self_kv, memory_kv, memory_mask)
+        return DecoderCache(self_kv, memory_kv, None if memory_mask.all() else memory_mask)
 
     def step(self, tokens: torch.Tensor, cache: DecoderCache, fused: bool = True,
              ) -> tuple[torch.Tensor, DecoderCache, list]:
@@ -185,7 +183,7 @@ class TransformerDecoder(nn.Module):
         # saves a handful of small tensor ops per layer, and at batch 1 those cost as much as
         # the matmuls (benchmarks/generate.py).
         self_mask = causal_mask(t, start + t, device=tokens.device) if t > 1 else None  # (T, S_self)
-        memory_mask = cache.memory_mask if not cache.memory_full else None
-        h, probs = self.run_layers(tokens, start, self_mask, cache.memory_kv, memory_mask, cache.self_kv, fused)
+        h, probs = self.run_layers(tokens, start, self_mask, cache.memory_kv, cache.memory_mask, cache.self_kv,
+                                   fused)
         return self.project(h), cache, probs
 
