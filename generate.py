@@ -4,21 +4,23 @@
     python generate.py --checkpoint runs/toy --input sentences.en --output sentences.de --beam 4
     echo "Today the woman reads a book." | python generate.py --checkpoint runs/toy --sample --top-p 0.9
 
-Exactly one output line per input line (an empty line gives an empty line); with --nbest K the
-K translations share that line, separated by " ||| ". --attention PNG draws the cross-attention
-of the first sentence (needs matplotlib).
+Input: sentences as arguments, else the lines of --input, else standard input; UTF-8 text, one
+sentence a line. Output: exactly one line per input line (an empty line gives an empty line);
+with --nbest K the K best translations share that line, best first, separated by " ||| ".
+--attention PNG draws the cross-attention of the first non-empty sentence.
 """
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from minibert.checkpoint import CheckpointError, atomic_write, load_translator
-from minibert.data import DataError, decode_lines, read_lines
+from minibert.checkpoint import load_translator
 from minibert.decoding import translate
+from minibert.files import CheckpointError, DataError, decode_lines, read_lines, save_text
 
 # -----------------------------------------------------------------------------
 # settings
@@ -44,85 +46,85 @@ class GenerateConfig:
     attention: str | None
 
 
+def number(base: type, ok, rule: str):
+    """argparse type: a finite `base` number for which ok(value) holds, else `rule` in the error."""
+    def parse(text: str):
+        try:
+            value = base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if base is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule}, got {text}")
+        return value
+    return parse
+
+
 def parse_args(argv: list[str] | None = None) -> GenerateConfig:
-    p = argparse.ArgumentParser(description="Translate sentences with a minibert run folder.")
+    p = argparse.ArgumentParser(description="Translate sentences with a minibert run folder.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("sentences", nargs="*", help="sentences to translate (else --input, else standard input)")
     p.add_argument("--checkpoint", required=True, help="run folder written by train.py")
-    p.add_argument("--input", help="file with one sentence a line")
+    p.add_argument("--input", help="UTF-8 file with one sentence a line")
     p.add_argument("--output", help="write translations here (default: standard output)")
-    p.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy")
-    p.add_argument("--nbest", type=int, default=1, help="translations per sentence (at most --beam)")
-    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--beam", type=number(int, lambda v: v >= 1, "must be at least 1"), default=1,
+                   help="beam size; 1 = greedy")
+    p.add_argument("--nbest", type=number(int, lambda v: v >= 1, "must be at least 1"), default=1,
+                   help="translations per sentence, at most --beam, joined by ' ||| '")
+    p.add_argument("--length-penalty", type=number(float, lambda v: v >= 0, "must be at least 0"), default=1.0,
+                   help="beam search's GNMT length penalty alpha; 0 = none")
     p.add_argument("--sample", action="store_true", help="sample instead of searching")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--temperature", type=number(float, lambda v: v > 0, "must be greater than 0"), default=1.0,
+                   help="with --sample: divide the logits by this")
+    p.add_argument("--top-k", type=number(int, lambda v: v >= 0, "must be at least 0"), default=0,
+                   help="with --sample: keep the k most likely tokens; 0 = all")
+    p.add_argument("--top-p", type=number(float, lambda v: 0 < v <= 1, "must be in (0, 1]"), default=1.0,
+                   help="with --sample: keep the smallest set of tokens reaching this probability")
+    p.add_argument("--seed", type=number(int, lambda v: v >= 0, "must be at least 0"), default=0,
+                   help="with --sample: random seed")
+    p.add_argument("--max-len", type=number(int, lambda v: v >= 2, "must be at least 2"), default=128,
+                   help="most target tokens, [BOS] and [EOS] included")
+    p.add_argument("--batch-size", type=number(int, lambda v: v >= 1, "must be at least 1"), default=64,
+                   help="sentences translated together")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda when available")
     p.add_argument("--attention", metavar="PNG", help="save the first sentence's cross-attention heatmap")
     cfg = GenerateConfig(**vars(p.parse_args(argv)))
-    if cfg.beam < 1 or not 1 <= cfg.nbest <= cfg.beam:
-        p.error("--beam must be >= 1 and --nbest between 1 and --beam")
+    if cfg.nbest > cfg.beam:
+        p.error(f"argument --nbest: {cfg.nbest} is more than --beam {cfg.beam}")
     if cfg.sample and cfg.beam > 1:
         p.error("--sample and --beam > 1 exclude each other")
+    if not cfg.sample and (cfg.temperature, cfg.top_k, cfg.top_p) != (1.0, 0, 1.0):
+        p.error("--temperature, --top-k and --top-p apply only with --sample")
+    if cfg.beam == 1 and cfg.length_penalty != 1.0:
+        p.error("--length-penalty applies only with --beam > 1")
     if cfg.sentences and cfg.input:
         p.error("give sentences as arguments or --input, not both")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        p.error("argument --device: cuda, but torch sees no CUDA GPU (use --device cpu)")
     return cfg
-
-
-# -----------------------------------------------------------------------------
-# the attention picture
-
-
-def save_attention(path: str, model, src_tok, tgt_tok, sentence: str, translation: str) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise DataError("--attention needs matplotlib: pip install matplotlib") from None
-    device = next(model.parameters()).device
-    src = src_tok.encode(sentence)
-    tgt_ids = [tgt_tok.token_to_id("[BOS]")] + tgt_tok.encode(translation).ids
-    with torch.no_grad():
-        probs = model.cross_attention(torch.tensor([src.ids], device=device), torch.tensor([tgt_ids], device=device))
-    # Average the heads of the last layer: (1, H, T, S) -> (T, S).
-    grid = probs[-1][0].mean(0).cpu()
-    targets = [tgt_tok.id_to_token(i) for i in tgt_ids[1:]] + ["[EOS]"]
-    fig, ax = plt.subplots(figsize=(1 + 0.45 * len(src.tokens), 1 + 0.4 * len(targets)))
-    ax.imshow(grid, cmap="Blues", aspect="auto")
-    ax.set_xticks(range(len(src.tokens)), src.tokens, rotation=90)
-    ax.set_yticks(range(len(targets)), targets)
-    ax.set_xlabel("source WordPiece tokens (read through H')")
-    ax.set_ylabel("generated target tokens")
-    ax.set_title("decoder cross-attention, last layer, mean over heads", fontsize=9)
-    fig.tight_layout()
-    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
 
 
 # -----------------------------------------------------------------------------
 # main
 
 
+def read_input(cfg: GenerateConfig) -> list[str]:
+    if cfg.sentences:
+        return cfg.sentences
+    if cfg.input:
+        return read_lines(cfg.input)
+    return decode_lines(sys.stdin.buffer.read(), "<stdin>")
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    model, src_tok, tgt_tok, _ = load_translator(cfg.checkpoint, device=device)
-
-    if cfg.sentences:
-        lines = cfg.sentences
-    elif cfg.input:
-        lines = read_lines(cfg.input)
-    else:
-        lines = decode_lines(sys.stdin.buffer.read(), "<stdin>")
-    limit = src_tok.truncation["max_length"]
+    model, src_tok, tgt_tok = load_translator(cfg.checkpoint, device=device)
+    lines = read_input(cfg)
     too_long = sum(len(e.overflowing) > 0 for e in src_tok.encode_batch(lines))
     if too_long:
-        print(f"warning: {too_long} input lines are longer than BERT's {limit} positions and were truncated",
-              file=sys.stderr)
+        print(f"warning: {too_long} input lines are longer than BERT's {src_tok.truncation['max_length']} "
+              "positions and were truncated", file=sys.stderr)
 
     sampling = {}
     if cfg.sample:
@@ -132,15 +134,17 @@ def main(argv: list[str] | None = None) -> None:
                         batch_size=cfg.batch_size, nbest=cfg.nbest, length_penalty=cfg.length_penalty, **sampling)
     text = "".join(" ||| ".join(r) + "\n" for r in results)
     if cfg.output:
-        atomic_write(Path(cfg.output), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        save_text(Path(cfg.output), text)
     else:
         sys.stdout.write(text)
-    if cfg.attention and lines:
-        save_attention(cfg.attention, model, src_tok, tgt_tok, lines[0], results[0][0])
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if cfg.attention and first is not None:
+        from minibert.plot import plot_attention
+        plot_attention(model, src_tok, tgt_tok, lines[first], results[first][0], Path(cfg.attention))
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (DataError, CheckpointError, OSError) as e:
+    except (DataError, CheckpointError, ImportError, OSError) as e:
         sys.exit(f"error: {e}")

@@ -16,7 +16,8 @@ from minibert.model import Seq2Seq
 from minibert.tokenizer import load_bert_tokenizer, train_target_tokenizer
 
 MULTI30K = Path(__file__).parent.parent.parent / "shared" / "data" / "multi30k"
-DECODER = dict(hidden_size=384, num_hidden_layers=3, num_attention_heads=12, intermediate_size=1536)
+DECODER = dict(hidden_size=384, num_hidden_layers=3, num_attention_heads=12, intermediate_size=1536,
+               max_position_embeddings=256)
 PAD, BOS, EOS = 0, 1, 2
 
 

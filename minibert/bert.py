@@ -29,6 +29,14 @@ ACTIVATIONS = {
 }
 
 
+def check_sizes(config, *names: str) -> None:
+    """Every named field of a config must be a positive integer (a config.json may say anything)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class BertConfig:
     vocab_size: int = 30522
@@ -45,6 +53,8 @@ class BertConfig:
     pad_token_id: int = 0
 
     def __post_init__(self):
+        check_sizes(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "max_position_embeddings", "type_vocab_size")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
         if self.hidden_size % self.num_attention_heads != 0:

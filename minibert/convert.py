@@ -1,18 +1,18 @@
 """Official BERT checkpoints -> minibert's BertModel. All checkpoint knowledge lives here.
 
-Reads the Hugging Face layout (`config.json` plus `model.safetensors` or `pytorch_model.bin`),
-with or without the `bert.` prefix of BertForPreTraining, and with the `gamma`/`beta` LayerNorm
-names of TF-era exports. An explicit name table maps every tensor; Q, K and V are fused into one
-matrix; the key set must match exactly and every shape is checked. MLM/NSP heads and the
-`position_ids` buffer are dropped on purpose. Pickles are never executed (weights_only=True).
-Textbook: Xiao & Zhu, ch. 1 (reusing a pre-trained BERT means loading its exact weights). Left
-out: TensorFlow checkpoint files (convert them to the Hugging Face layout first).
+Reads Google's original TensorFlow 1 checkpoints (`bert_config.json`, `bert_model.ckpt.*`, read
+with numpy by tf_checkpoint.py) and the Hugging Face layout (`config.json` plus `model.safetensors`
+or `pytorch_model.bin`, with or without the `bert.` prefix of BertForPreTraining and the
+`gamma`/`beta` names of TF-era exports). Explicit name tables map every tensor (Google -> Hugging
+Face -> minibert); Q, K and V are fused into one matrix; the key set must match exactly and every
+shape is checked. MLM/NSP heads, optimiser slots and `position_ids` are dropped on purpose.
+Pickles are never executed (weights_only=True). Textbook: Xiao & Zhu, ch. 1 (reusing a
+pre-trained BERT means loading its exact weights). Left out: TF2 object-based checkpoints.
 
 CLI: python -m minibert.convert SRC DST   writes DST/model.safetensors, config.json, vocabulary.
 """
 
 import argparse
-import json
 import shutil
 import sys
 from dataclasses import asdict
@@ -23,7 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from minibert.bert import BertConfig, BertModel
-from minibert.checkpoint import CheckpointError, atomic_write, save_json, save_weights
+from minibert.download import resolve_checkpoint
+from minibert.files import CheckpointError, atomic_write, read_json, save_json, save_weights
+from minibert.tf_checkpoint import find_tf_prefix, read_tf_checkpoint
 
 # Hugging Face name -> minibert name. `{}` is the layer index. Linear weights are (out, in) in
 # both, so nothing is transposed.
@@ -53,7 +55,35 @@ FUSED_QKV = {
 # Tensors that official checkpoints carry and a translator's encoder does not use.
 DROPPED_PREFIXES = ("cls.",)  # MLM and NSP heads of BertForPreTraining
 DROPPED_NAMES = ("embeddings.position_ids",)  # a buffer of 0..511, not a weight
+# Google's TensorFlow scope -> Hugging Face name. TF stores a dense layer's `kernel` as (in, out),
+# torch as (out, in): every name ending in /kernel is transposed. LayerNorm's gamma/beta are its
+# weight/bias.
+GOOGLE_NAMES = {
+    "bert/embeddings/word_embeddings": "embeddings.word_embeddings.weight",
+    "bert/embeddings/position_embeddings": "embeddings.position_embeddings.weight",
+    "bert/embeddings/token_type_embeddings": "embeddings.token_type_embeddings.weight",
+    "bert/embeddings/LayerNorm/gamma": "embeddings.LayerNorm.weight",
+    "bert/embeddings/LayerNorm/beta": "embeddings.LayerNorm.bias",
+    **{f"bert/encoder/layer_{{}}/attention/self/{p}/{tf}": f"encoder.layer.{{}}.attention.self.{p}.{hf}"
+       for p in ("query", "key", "value") for tf, hf in (("kernel", "weight"), ("bias", "bias"))},
+    "bert/encoder/layer_{}/attention/output/dense/kernel": "encoder.layer.{}.attention.output.dense.weight",
+    "bert/encoder/layer_{}/attention/output/dense/bias": "encoder.layer.{}.attention.output.dense.bias",
+    "bert/encoder/layer_{}/attention/output/LayerNorm/gamma": "encoder.layer.{}.attention.output.LayerNorm.weight",
+    "bert/encoder/layer_{}/attention/output/LayerNorm/beta": "encoder.layer.{}.attention.output.LayerNorm.bias",
+    "bert/encoder/layer_{}/intermediate/dense/kernel": "encoder.layer.{}.intermediate.dense.weight",
+    "bert/encoder/layer_{}/intermediate/dense/bias": "encoder.layer.{}.intermediate.dense.bias",
+    "bert/encoder/layer_{}/output/dense/kernel": "encoder.layer.{}.output.dense.weight",
+    "bert/encoder/layer_{}/output/dense/bias": "encoder.layer.{}.output.dense.bias",
+    "bert/encoder/layer_{}/output/LayerNorm/gamma": "encoder.layer.{}.output.LayerNorm.weight",
+    "bert/encoder/layer_{}/output/LayerNorm/beta": "encoder.layer.{}.output.LayerNorm.bias",
+}
+GOOGLE_POOLER_NAMES = {"bert/pooler/dense/kernel": "pooler.dense.weight", "bert/pooler/dense/bias": "pooler.dense.bias"}
+# What Google's pre-training checkpoints carry besides the encoder: the MLM/NSP heads, the step
+# counter and Adam's two moment estimates per variable.
+GOOGLE_DROPPED_PREFIXES = ("cls/", "global_step")
+GOOGLE_DROPPED_SUFFIXES = ("/adam_m", "/adam_v")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+CONFIG_FILES = ("config.json", "bert_config.json")  # Hugging Face's, Google's
 REQUIRED_CONFIG = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
@@ -78,15 +108,13 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_config(model_dir: Path) -> BertConfig:
-    path = model_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{model_dir}: no config.json, so this is not a BERT checkpoint folder")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+    """The BertConfig of a checkpoint folder: config.json, or Google's bert_config.json (which has
+    no model_type)."""
+    path = next((model_dir / name for name in CONFIG_FILES if (model_dir / name).is_file()), None)
+    if path is None:
+        raise CheckpointError(f"{model_dir}: no config.json or bert_config.json, so this is not a BERT "
+                              "checkpoint folder")
+    d = read_json(path)
     if d.get("model_type", "bert") != "bert":
         raise CheckpointError(f"{path}: model_type is {d['model_type']!r}, not a BERT checkpoint")
     missing = [k for k in REQUIRED_CONFIG if k not in d]
@@ -99,12 +127,18 @@ def read_config(model_dir: Path) -> BertConfig:
 
 
 def find_weights(path: Path) -> Path:
-    if path.is_file():
+    """The weights of a checkpoint: the file itself, a Hugging Face weights file in the folder,
+    or the prefix P of Google's P.index and P.data-* files."""
+    if path.is_file() and path.suffix != ".index":
         return path
-    for name in WEIGHT_FILES:
-        if (path / name).is_file():
-            return path / name
-    raise CheckpointError(f"{path}: no {' or '.join(WEIGHT_FILES)} found")
+    if path.is_dir():
+        for name in WEIGHT_FILES:
+            if (path / name).is_file():
+                return path / name
+    prefix = find_tf_prefix(path)
+    if prefix is None:
+        raise CheckpointError(f"{path}: no {' or '.join(WEIGHT_FILES)} and no TensorFlow checkpoint (*.index) found")
+    return prefix
 
 
 # -----------------------------------------------------------------------------
@@ -126,6 +160,51 @@ def describe(names, limit: int = 8) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def check_state_dict(tensors: dict, expected: dict[str, torch.Size], source: str) -> None:
+    """The one check of every weight load: exactly the expected names, each with its shape.
+    tensors: name -> tensor (or its shape). Raises CheckpointError naming every missing,
+    unexpected or mis-shaped tensor."""
+    tensors = {k: v if isinstance(v, torch.Size) else v.shape for k, v in tensors.items()}
+    missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
+    if missing:
+        raise CheckpointError(f"{source}: missing tensors {describe(missing)}")
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected tensors {describe(unexpected)}")
+    bad = [f"{k} is {tuple(tensors[k])}, expected {tuple(s)}"
+           for k, s in sorted(expected.items()) if tensors[k] != s]
+    if bad:
+        raise CheckpointError(f"{source}: mis-shaped tensors: {describe(bad)}")
+
+
+def hugging_face_layout(config: BertConfig, pooler: bool) -> tuple[dict, dict, dict[str, torch.Size]]:
+    """For a config: the name table (Hugging Face -> minibert), the fused-QKV table, and the
+    shape of every Hugging Face tensor, read off the model this config builds."""
+    names = expand(NAMES | (POOLER_NAMES if pooler else {}), config.num_hidden_layers)
+    fused = expand(FUSED_QKV, config.num_hidden_layers)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in BertModel(config, pooler=pooler).state_dict().items()}
+    expected = {theirs: shapes[ours] for theirs, ours in names.items()}
+    for target, parts in fused.items():
+        c3, *rest = shapes[target]
+        expected.update({part: torch.Size([c3 // 3, *rest]) for part in parts})
+    return names, fused, expected
+
+
+def convert_google(tf: dict, config: BertConfig, source: str) -> dict[str, torch.Tensor]:
+    """Google's TF1 tensors (numpy arrays, by scope name) -> Hugging Face BERT tensors. The checks
+    run on Google's own names, so an error names the variable as the checkpoint has it."""
+    tf = {k: v for k, v in tf.items()
+          if not k.startswith(GOOGLE_DROPPED_PREFIXES) and not k.endswith(GOOGLE_DROPPED_SUFFIXES)}
+    has_pooler = any(k.startswith("bert/pooler/") for k in tf)
+    names = expand(GOOGLE_NAMES | (GOOGLE_POOLER_NAMES if has_pooler else {}), config.num_hidden_layers)
+    _, _, hf_shapes = hugging_face_layout(config, has_pooler)
+    expected = {g: torch.Size(reversed(hf_shapes[h])) if g.endswith("/kernel") else hf_shapes[h]
+                for g, h in names.items()}
+    check_state_dict({k: torch.Size(v.shape) for k, v in tf.items()}, expected, source)
+    return {h: torch.from_numpy(tf[g].T.copy() if g.endswith("/kernel") else tf[g].copy()).float()
+            for g, h in names.items()}
+
+
 def convert_state_dict(hf: dict[str, torch.Tensor], config: BertConfig, source: str = "checkpoint",
                        ) -> tuple[dict[str, torch.Tensor], bool]:
     """Hugging Face BERT tensors -> (minibert BertModel state dict, whether it has a pooler).
@@ -141,28 +220,12 @@ def convert_state_dict(hf: dict[str, torch.Tensor], config: BertConfig, source: 
     # 2. Drop, on purpose, what an encoder does not need.
     hf = {k: v for k, v in hf.items() if not k.startswith(DROPPED_PREFIXES) and k not in DROPPED_NAMES}
 
-    # 3. The exact key set this config needs.
+    # 3. The exact key set and every shape, from the model this config builds.
     has_pooler = any(k.startswith("pooler.") for k in hf)
-    names = expand(NAMES | (POOLER_NAMES if has_pooler else {}), config.num_hidden_layers)
-    fused = expand(FUSED_QKV, config.num_hidden_layers)
-    expected = set(names) | {part for parts in fused.values() for part in parts}
-    missing, unexpected = expected - set(hf), set(hf) - expected
-    if missing:
-        raise CheckpointError(f"{source}: missing tensors {describe(missing)}")
-    if unexpected:
-        raise CheckpointError(f"{source}: unexpected tensors {describe(unexpected)}")
+    names, fused, expected = hugging_face_layout(config, has_pooler)
+    check_state_dict(hf, expected, source)
 
-    # 4. Check every shape against the model this config builds, then map and fuse.
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in BertModel(config, pooler=has_pooler).state_dict().items()}
-    expected_shapes = {theirs: shapes[ours] for theirs, ours in names.items()}
-    for target, parts in fused.items():
-        c3, *rest = shapes[target]
-        expected_shapes.update({part: torch.Size([c3 // 3, *rest]) for part in parts})
-    bad = [f"{k} is {tuple(hf[k].shape)}, expected {tuple(s)}"
-           for k, s in sorted(expected_shapes.items()) if hf[k].shape != s]
-    if bad:
-        raise CheckpointError(f"{source}: mis-shaped tensors: {describe(bad)}")
+    # 4. Map and fuse.
     ours = {target: hf[theirs] for theirs, target in names.items()}
     for target, parts in fused.items():
         ours[target] = torch.cat([hf[part] for part in parts], dim=0)  # (3C, C) or (3C,)
@@ -170,32 +233,25 @@ def convert_state_dict(hf: dict[str, torch.Tensor], config: BertConfig, source: 
 
 
 def load_pretrained_bert(path: str | Path, pooler: bool = True) -> BertModel:
-    """A BertModel, in eval mode, from a Hugging Face BERT checkpoint folder or weights file
-    (its config.json beside it), or from a folder written by `python -m minibert.convert`.
-    pooler=False drops the checkpoint's pooler, which a translator does not use."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
-    weights = find_weights(path)
+    """A BertModel, in eval mode, from an official BERT checkpoint: Google's TensorFlow folder
+    (or its bert_model.ckpt prefix, or the .index file), a Hugging Face folder or weights file,
+    a folder written by `python -m minibert.convert`, or a Hugging Face Hub id ("ORG/NAME",
+    needs huggingface_hub). pooler=False drops the pooler, which a translator does not use."""
+    weights = find_weights(resolve_checkpoint(path))
     config = read_config(weights.parent)
-    tensors = read_tensors(weights)
+    if weights.suffix in (".safetensors", ".bin"):
+        tensors = read_tensors(weights)
+    else:  # Google's TensorFlow checkpoint, by its prefix
+        tensors = convert_google(read_tf_checkpoint(weights), config, source=f"{weights}.index")
     if "layers.0.attention.qkv.weight" in tensors:
         # Already in minibert's layout (written by this module's CLI): nothing to rename.
-        has_pooler = "pooler.weight" in tensors
+        state, has_pooler = tensors, "pooler.weight" in tensors
         model = BertModel(config, pooler=has_pooler)
-        expected = set(model.state_dict())
-        missing, unexpected = expected - set(tensors), set(tensors) - expected
-        if missing or unexpected:
-            raise CheckpointError(f"{weights}: missing tensors [{describe(missing)}], "
-                                  f"unexpected tensors [{describe(unexpected)}]")
-        state = tensors
+        check_state_dict(state, {k: v.shape for k, v in model.state_dict().items()}, str(weights))
     else:
         state, has_pooler = convert_state_dict(tensors, config, source=str(weights))
         model = BertModel(config, pooler=has_pooler)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:  # a shape mismatch in the minibert layout
-        raise CheckpointError(f"{weights}: {str(e).splitlines()[-1].strip()}") from None
+    model.load_state_dict(state, strict=True)
     if not pooler:
         model.pooler = None
     return model.eval()

@@ -1,11 +1,11 @@
-"""Parallel text: reading it strictly, and cutting it into length-sorted batches.
+"""Parallel text: finding the splits of a data folder, and cutting them into length-sorted batches.
 
 A data folder holds line-aligned files `SPLIT.LANG` (train, valid|val|dev, optionally test and
-others). Lines are read as strict UTF-8; a bad byte, an empty file or a line-count mismatch is an
-error naming the file (and the line). Batches group sentences of similar length up to a token
-budget, as in Vaswani et al. 2017 (sec. 5.1), so little compute goes to padding. The batch order
-is a pure function of (seed, epoch), which is what lets `--resume` continue exactly.
-Plumbing, no textbook section. Left out: streaming corpora too large for memory.
+others). An empty file or a line-count mismatch is an error naming the files. Batches group
+sentences of similar length up to a token budget, as in Vaswani et al. 2017 (sec. 5.1), so little
+compute goes to padding. The training order is a pure function of (seed, epoch), which is what
+lets `--resume` continue exactly. Plumbing, no textbook section. Left out: streaming corpora too
+large for memory.
 """
 
 import random
@@ -13,44 +13,17 @@ from pathlib import Path
 
 import torch
 
+from minibert.files import DataError, read_lines
+
 VALID_NAMES = ("valid", "val", "dev")
 
 
-class DataError(ValueError):
-    """Input text that cannot be used; the message names the file and what is wrong."""
-
-
-def read_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 text file, without line endings. Raises DataError naming the file
-    (and the line) for a missing file, an empty file or invalid UTF-8."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected a text file") from None
-    return decode_lines(raw, str(path))
-
-
-def decode_lines(raw: bytes, name: str) -> list[str]:
-    """Split bytes into lines and decode each as strict UTF-8; `name` is used in errors."""
-    if not raw.strip():
-        raise DataError(f"{name}: file is empty")
-    lines = raw.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    out = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            out.append(line.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{name}, line {number}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-    return out
-
-
 def read_parallel(src_path: Path, tgt_path: Path) -> tuple[list[str], list[str]]:
+    """The lines of two line-aligned files; DataError if either is empty or the counts differ."""
     src, tgt = read_lines(src_path), read_lines(tgt_path)
+    for path, lines in ((src_path, src), (tgt_path, tgt)):
+        if not any(line.strip() for line in lines):
+            raise DataError(f"{path}: file is empty")
     if len(src) != len(tgt):
         raise DataError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
                         "parallel files must be line-aligned")
@@ -75,29 +48,48 @@ def find_splits(data_dir: str | Path, src: str, tgt: str) -> dict[str, tuple[Pat
     return splits
 
 
+# -----------------------------------------------------------------------------
+# batching
+
+
+def cut(order: list[int], lengths: list[int], max_tokens: int, max_rows: int | None = None) -> list[list[int]]:
+    """Cut example indices, taken in the given order, into consecutive batches whose padded size
+    (longest length x rows) stays within max_tokens, and rows within max_rows. An example longer
+    than the budget gets a batch of its own."""
+    batches, batch, longest = [], [], 0
+    for i in order:
+        n = max(longest, lengths[i])
+        if batch and (n * (len(batch) + 1) > max_tokens or len(batch) == max_rows):
+            batches.append(batch)
+            batch, n = [], lengths[i]
+        batch.append(i)
+        longest = n
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def batches_by_length(lengths: list[int], max_tokens: int, max_rows: int | None = None) -> list[list[int]]:
+    """All examples sorted by length and cut into batches: for encoding and translating, where
+    the order does not matter and the least padding wins."""
+    return cut(sorted(range(len(lengths)), key=lambda i: lengths[i]), lengths, max_tokens, max_rows)
+
+
 def make_batches(src_lens: list[int], tgt_lens: list[int], max_tokens: int, seed: int, epoch: int,
                  ) -> list[list[int]]:
-    """Cut example indices into batches of at most max_tokens padded tokens (the longer side
-    counts), grouping similar lengths. Deterministic in (seed, epoch)."""
+    """Training batches: example indices in batches of at most max_tokens padded tokens (the longer
+    side counts), grouping similar lengths. Deterministic in (seed, epoch), different each epoch."""
     rng = random.Random(seed * 100_003 + epoch)
     order = list(range(len(src_lens)))
     rng.shuffle(order)
+    lengths = [max(s, t) for s, t in zip(src_lens, tgt_lens)]
     # Sort within large shuffled chunks: similar lengths end up together, but every epoch's
     # batches differ.
     chunk = 64 * max(1, max_tokens // 16)
     batches = []
     for start in range(0, len(order), chunk):
         part = sorted(order[start:start + chunk], key=lambda i: (src_lens[i], tgt_lens[i]))
-        batch, longest = [], 0
-        for i in part:
-            n = max(src_lens[i], tgt_lens[i])
-            if batch and max(longest, n) * (len(batch) + 1) > max_tokens:
-                batches.append(batch)
-                batch, longest = [], 0
-            batch.append(i)
-            longest = max(longest, n)
-        if batch:
-            batches.append(batch)
+        batches += cut(part, lengths, max_tokens)
     rng.shuffle(batches)
     return batches
 

@@ -16,20 +16,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minibert.attention import KVCache, MultiHeadAttention, causal_mask
-from minibert.bert import init_weights
+from minibert.bert import check_sizes, init_weights
 
 
 @dataclass(frozen=True)
 class DecoderConfig:
+    # The sizes have no defaults here: train.py's flags are the one place that sets them.
     vocab_size: int
-    hidden_size: int = 256
-    num_hidden_layers: int = 3
-    num_attention_heads: int = 4
-    intermediate_size: int = 1024
-    max_position_embeddings: int = 256
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
     dropout: float = 0.1
     layer_norm_eps: float = 1e-5
     pad_token_id: int = 0
+
+    def __post_init__(self):
+        check_sizes(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "max_position_embeddings")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
 
     @property
     def head_size(self) -> int:

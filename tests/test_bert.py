@@ -36,13 +36,28 @@ def test_converted_tiny_checkpoint_matches_reference(name):
     assert (pooled - ref["pooler"]).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("name, formula", [
+# Each activation name a BERT config may give, written out as its reference code does.
+FORMULAS = {
     # BERT's own GELU, x * Phi(x), with the exact normal CDF (Hendrycks & Gimpel 2016).
-    ("gelu", lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))),
+    "gelu": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
     # The tanh approximation that GPT-2 and some BERT configs use.
-    ("gelu_new", lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))),
-])
-def test_activation_names_follow_their_formulas(name, formula):
+    "gelu_new": lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+    # The same approximation, factored as Hugging Face's FastGELU writes it (it rounds sqrt(2/pi)
+    # to 0.7978845608, which moves the result by under 1e-12; the exact constant is used here).
+    "gelu_fast": lambda x: 0.5 * x * (1 + torch.tanh(x * math.sqrt(2 / math.pi) * (1 + 0.044715 * x * x))),
+    # PyTorch's own name for the tanh approximation, F.gelu(x, approximate="tanh").
+    "gelu_pytorch_tanh": lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+    "relu": lambda x: torch.where(x > 0, x, torch.zeros_like(x)),
+}
+
+
+def test_every_activation_name_has_a_formula_test():
+    assert set(ACTIVATIONS) == set(FORMULAS)
+
+
+@pytest.mark.parametrize("name", sorted(FORMULAS))
+def test_activation_names_follow_their_formulas(name):
+    formula = FORMULAS[name]
     x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
     torch.testing.assert_close(ACTIVATIONS[name](x), formula(x), atol=1e-12, rtol=0)
     layer = tiny_bert(hidden_act=name).layers[0]

@@ -4,7 +4,7 @@ gets a one-line error or warning instead of a traceback."""
 
 import json
 import os
-import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,52 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).parent.parent
-TINY_MODEL = ["--bert", "none", "--dec-width", "24", "--dec-layers", "1", "--dec-heads", "3", "--dec-ffn", "40",
-              "--src-vocab", "80", "--tgt-vocab", "80", "--warmup", "5", "--batch-tokens", "120", "--seed", "3",
-              "--dec-max-len", "24"]
+from conftest import FIXTURES, ROOT, TINY_MODEL, TINY_VOCAB, one_line_error, run, write_tiny_data
 
-
-def write_tiny_data(folder: Path, n_train: int = 240) -> Path:
-    """A made-up word-for-word language: enough for the CLIs to run, not to learn much."""
-    rng = random.Random(0)
-    words = {"dog": "hund", "cat": "katze", "sees": "sieht", "likes": "mag", "the": "der", "a": "ein",
-             "big": "gross", "small": "klein"}
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("valid", 12), ("test", 12)):
-        src = [" ".join(rng.choice(list(words)) for _ in range(rng.randint(2, 6))) + "." for _ in range(n)]
-        tgt = [" ".join(words[w.strip(".")] for w in s.split()) + "." for s in src]
-        (folder / f"{split}.en").write_text("\n".join(src) + "\n", encoding="utf-8")
-        (folder / f"{split}.de").write_text("\n".join(tgt) + "\n", encoding="utf-8")
-    return folder
-
-
-def run(script: str, *args, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
-                            text=True, cwd=ROOT, **kwargs)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ")
-    return lines[-1]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_tiny_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "full"
-    run("train.py", "--data", data, "--out", out, "--epochs", "3", "--save-every", "4", *TINY_MODEL)
-    return out
+def weights_equal(a: Path, b: Path) -> bool:
+    a, b = load_file(a), load_file(b)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def wait_for_step(state_path: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -93,6 +52,22 @@ def test_run_folder_has_everything(trained):
     assert "bleu" in json.loads((trained / "metrics.json").read_text())["test"]
 
 
+def test_training_loss_falls(trained):
+    losses = [m["loss"] for m in map(json.loads, (trained / "metrics.jsonl").read_text().splitlines())
+              if m["split"] == "train"]
+    assert len(losses) >= 4
+    half = len(losses) // 2
+    assert losses[-1] < losses[0] - 0.3 and sum(losses[half:]) / (len(losses) - half) < sum(losses[:half]) / half, \
+        losses
+
+
+def test_results_go_to_stdout_and_progress_to_stderr(trained):
+    stdout, stderr = trained.with_suffix(".stdout").read_text(), trained.with_suffix(".stderr").read_text()
+    assert stdout.count("valid loss") == 3 and "test: BLEU" in stdout and "done: " in stdout
+    assert "valid loss" not in stderr and "test: BLEU" not in stderr
+    assert "training pairs" in stderr and "epoch 1" in stderr  # the start-up line and the progress bar
+
+
 def test_plot_draws_the_curves_of_a_run_folder(tmp_path, trained):
     pytest.importorskip("matplotlib")  # a test extra: installed by pip install -e ".[test]"
     out = tmp_path / "curves.png"
@@ -107,7 +82,6 @@ def test_plot_draws_the_curves_of_a_run_folder(tmp_path, trained):
 
 
 def test_random_encoders_train_at_the_full_rate_and_pretrained_ones_gently():
-    sys.path.insert(0, str(ROOT))
     from train import parse_args
     pretrained, random_init, scratch = parse_args([]), parse_args(["--no-pretrained"]), parse_args(["--bert", "none"])
     assert (pretrained.freeze_encoder, pretrained.encoder_lr_scale) == (True, 0.05)
@@ -130,6 +104,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data, trained)
     assert state["epoch"] == 0 and state["batch"] > 0, "the kill should land mid-epoch"
     result = run("train.py", "--out", out, "--resume")
     assert "resuming at epoch 1" in result.stderr
+    assert result.stdout.startswith("epoch 1 step "), "the first validation after the resume is epoch 1's"
     a, b = load_file(trained / "last.safetensors"), load_file(out / "last.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
@@ -152,6 +127,45 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, data):
     run("train.py", "--out", out, "--resume", "--max-steps", "8")
 
 
+def test_ctrl_c_resume_matches_uninterrupted_run(tmp_path, data, trained):
+    out = tmp_path / "ctrl-c"
+    cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(data), "--out", str(out), "--epochs", "3",
+           "--save-every", "4", *TINY_MODEL]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_step(out / "trainer_state.pt", 4, proc)
+    proc.send_signal(signal.SIGINT)  # lands mid-step or mid-validation: either must resume exactly
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    stopped = torch.load(out / "trainer_state.pt", weights_only=True)["step"]
+    assert 4 <= stopped < json.loads((trained / "metrics.json").read_text())["steps"], "stop mid-run"
+    run("train.py", "--out", out, "--resume")
+    assert weights_equal(trained / "last.safetensors", out / "last.safetensors"), \
+        f"resumed after Ctrl-C at step {stopped}, the weights differ from the uninterrupted run"
+
+
+def test_resume_after_sigkill_with_a_frozen_pretrained_encoder(tmp_path, data):
+    """The default path: a pre-trained BERT loaded through the converter, frozen, its H cached."""
+    bert = tmp_path / "bert"
+    shutil.copytree(FIXTURES / "tiny_bert_tanh", bert)
+    (bert / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
+    args = ["--data", data, "--epochs", "2", "--save-every", "3", "--bert", bert, *TINY_MODEL[2:]]
+    run("train.py", "--out", tmp_path / "whole", *args)
+    steps = json.loads((tmp_path / "whole" / "metrics.json").read_text())["steps"]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--out", str(out), *map(str, args)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_step(out / "trainer_state.pt", 3, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert torch.load(out / "trainer_state.pt", weights_only=True)["step"] < steps, "the kill should land mid-run"
+    run("train.py", "--out", out, "--resume")
+    assert weights_equal(tmp_path / "whole" / "last.safetensors", out / "last.safetensors")
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["freeze_encoder"] and config["encoder"]["hidden_act"] == "gelu_new"
+
+
 def test_generate_gives_one_line_per_input_line(trained, tmp_path):
     source = tmp_path / "in.en"
     source.write_text("the dog sees a cat.\n\nthe small cat.\n", encoding="utf-8")
@@ -161,7 +175,10 @@ def test_generate_gives_one_line_per_input_line(trained, tmp_path):
     assert len(lines) == 4 and lines[3] == ""  # three lines, newline-terminated
     assert lines[1] == "" and " ||| " in lines[0]
     stdin = run("generate.py", "--checkpoint", trained, input="a dog.\n\n")
-    assert stdin.stdout.split("\n") == [stdin.stdout.split("\n")[0], "", ""]
+    alone = run("generate.py", "--checkpoint", trained, "a dog.").stdout
+    assert alone.strip() and stdin.stdout == alone + "\n"  # the sentence's translation, then a blank line
+    blank = run("generate.py", "--checkpoint", trained, input=" \n\n")
+    assert blank.stdout == "\n\n" and not blank.stderr
     args = run("generate.py", "--checkpoint", trained, "--sample", "--top-p", "0.9", "the cat.", "a dog.")
     assert len(args.stdout.splitlines()) == 2
 
@@ -182,7 +199,8 @@ def test_torchrun_two_processes_on_cpu(tmp_path, data):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world 2" in result.stderr
-    assert result.stderr.count("test: BLEU") == 1  # only rank 0 logs
+    assert result.stdout.count("test: BLEU") == 1  # only rank 0 logs
+    assert result.stderr.count("training pairs") == 1
     assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
 
 
@@ -195,6 +213,7 @@ def test_mismatched_line_counts(tmp_path, data):
     (bad / "train.de").write_text("ein hund.\n", encoding="utf-8")
     line = one_line_error(run("train.py", "--data", bad, "--out", tmp_path / "r", *TINY_MODEL, check=False))
     assert "train.en has 240 lines but" in line and "train.de has 1" in line
+    assert not (tmp_path / "r").exists(), "a failed run leaves no empty run folder behind"
 
 
 def test_invalid_utf8_names_file_and_line(tmp_path):
