@@ -101,6 +101,9 @@ class TrainConfig:
     save_every: int = flag(500, "steps between mid-epoch checkpoints; 0 = only at epoch ends", at_least(0))
     log_every: int = flag(10, "steps between training-loss lines in metrics.jsonl; 0 = none", at_least(0))
     device: str = flag("auto", "auto = cuda when available", choices=("auto", "cpu", "cuda"))
+    dtype: str = flag("auto", "precision of the matmuls: bfloat16 runs them under autocast, weights and "
+                      "optimiser stay float32 (auto: bfloat16 on CUDA, float32 on CPU)",
+                      choices=("auto", "float32", "bfloat16"))
     compile: bool = flag(False, "torch.compile the model (breaks its graph where tokens are packed)")
     out: str = flag("runs/toy", "run folder")
     resume: bool = flag(False, "continue the run in --out exactly where it stopped")
@@ -109,7 +112,7 @@ class TrainConfig:
 
 # What a resumed run may change: where it runs and when it stops. Anything else would make the
 # continuation a different run than the one its checkpoints belong to.
-RESUMABLE = {"device", "epochs", "max_steps", "max_minutes", "save_every", "log_every", "compile", "data",
+RESUMABLE = {"device", "dtype", "epochs", "max_steps", "max_minutes", "save_every", "log_every", "compile", "data",
              "out", "resume"}
 
 
@@ -391,6 +394,7 @@ class Run:
     cfg: TrainConfig
     run_dir: Path
     device: torch.device
+    dtype: torch.dtype  # of the matmuls; bfloat16 runs under autocast
     model: Seq2Seq
     train_model: torch.nn.Module  # the model, maybe compiled and wrapped for DDP
     optimizer: torch.optim.Optimizer
@@ -398,6 +402,12 @@ class Run:
     tgt_tok: object
     splits: dict[str, Split]
     state: TrainState
+
+
+def autocast(run: Run):
+    """Mixed precision (one small block): with bfloat16, the matmuls and attention run in bf16
+    while weights, LayerNorms, the residual stream and the loss stay float32."""
+    return torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.dtype == torch.bfloat16)
 
 
 def save(run: Run) -> None:
@@ -516,7 +526,8 @@ def start(cfg: TrainConfig, run_dir: Path, device: torch.device, world: int) -> 
         train_model = torch.compile(model)
     if world > 1:  # DDP averages gradients across processes after each backward
         train_model = torch.nn.parallel.DistributedDataParallel(train_model)
-    run = Run(cfg, run_dir, device, model, train_model, optimizer, src_tok, tgt_tok, splits, state)
+    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device.type == "cuda" else torch.float32
+    run = Run(cfg, run_dir, device, dtype, model, train_model, optimizer, src_tok, tgt_tok, splits, state)
     if saved is None:
         state.total = min(cfg.max_steps or math.inf, cfg.epochs * steps_per_epoch(run, world))
         if is_main():
@@ -528,7 +539,8 @@ def start(cfg: TrainConfig, run_dir: Path, device: torch.device, world: int) -> 
         f"device {device}, world {world}")
     if cfg.freeze_encoder:
         for name in ("train", "valid"):
-            encode_sources(model.encoder, splits[name], device, 8 * cfg.batch_tokens)
+            with autocast(run):
+                encode_sources(model.encoder, splits[name], device, 8 * cfg.batch_tokens)
     return run
 
 
@@ -586,7 +598,7 @@ def train_step(run: Run, batches: list[list[int]]) -> tuple[float, int]:
     loss_sum, tokens = 0.0, 0
     for batch in batches:
         src, tgt, h = collate(run.model, run.splits["train"], batch, run.device)
-        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+        with autocast(run):
             _, loss = run.train_model(src, tgt[:, :-1], tgt[:, 1:], cfg.label_smoothing, encoder_out=h)
         (loss / cfg.accum).backward()
         loss_sum += loss.item() / cfg.accum
@@ -641,7 +653,8 @@ def validate_and_save(run: Run, interrupt: Interrupt) -> None:
     """Validation scores, the best weights so far (model.safetensors) and a resumable checkpoint."""
     state = run.state
     if is_main():
-        m = evaluate(run.model, run.splits["valid"], run.src_tok, run.tgt_tok, run.cfg, run.device)
+        with autocast(run):
+            m = evaluate(run.model, run.splits["valid"], run.src_tok, run.tgt_tok, run.cfg, run.device)
         with interrupt.deferred():
             epoch = state.epoch + (state.batch > 0)  # the epoch this step belongs to, counting from 1
             m.update(split="valid", epoch=epoch, step=state.step, minutes=state.elapsed / 60)
@@ -683,7 +696,8 @@ def final_test(run: Run) -> None:
     best, _, _ = load_translator(run.run_dir, "model.safetensors", device=run.device)
     results = {"best_valid_bleu": state.best_bleu, "steps": state.step, "minutes": state.elapsed / 60}
     for name in sorted(set(run.splits) - {"train", "valid"}):
-        m = evaluate(best, run.splits[name], run.src_tok, run.tgt_tok, run.cfg, run.device)
+        with autocast(run):
+            m = evaluate(best, run.splits[name], run.src_tok, run.tgt_tok, run.cfg, run.device)
         results[name] = {k: m[k] for k in ("bleu", "chrf", "loss", "bleu_signature")}
         report(f"{name}: BLEU {m['bleu']:.1f} chrF {m['chrf']:.1f}")
     save_json(run.run_dir / "metrics.json", results)

@@ -51,21 +51,22 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def plot_curves(runs: list[tuple[str, list[dict]]], out: str | Path, title: str = "",
-                styles: list[dict] | None = None) -> None:
-    """Draw (label, metrics) runs into one PNG. styles: matplotlib keywords for each run's lines."""
+                styles: list[dict] | None = None, x: str = "step") -> None:
+    """Draw (label, metrics) runs into one PNG. styles: matplotlib keywords for each run's lines;
+    x: "step" (optimiser steps) or "minutes" (of training) on the horizontal axes."""
     plt = pyplot()
     fig, (ax_loss, ax_bleu) = plt.subplots(1, 2, figsize=(12, 4.2))
     for i, (label, metrics) in enumerate(runs):
         style = {"color": f"C{i}", **(styles[i] if styles else {})}
         train = [m for m in metrics if m.get("split") == "train"]
         valid = [m for m in metrics if m.get("split") == "valid"]
-        ax_loss.plot([m["step"] for m in train], [m["loss"] for m in train], label=label, lw=1.2, **style)
-        ax_loss.plot([m["step"] for m in valid], [m["loss"] for m in valid], "o", ms=4, color=style["color"])
-        ax_bleu.plot([m["step"] for m in valid], [m["bleu"] for m in valid], marker="o", ms=4, label=label,
-                     **style)
-    ax_loss.set(xlabel="optimiser step", ylabel="cross-entropy (label-smoothed when training)",
+        ax_loss.plot([m[x] for m in train], [m["loss"] for m in train], label=label, lw=1.2, **style)
+        ax_loss.plot([m[x] for m in valid], [m["loss"] for m in valid], "o", ms=4, color=style["color"])
+        ax_bleu.plot([m[x] for m in valid], [m["bleu"] for m in valid], marker="o", ms=4, label=label, **style)
+    xlabel = {"step": "optimiser step", "minutes": "minutes of training"}[x]
+    ax_loss.set(xlabel=xlabel, ylabel="cross-entropy (label-smoothed when training)",
                 title="training loss (lines), validation loss (dots)")
-    ax_bleu.set(xlabel="optimiser step", ylabel="sacreBLEU", title="validation BLEU")
+    ax_bleu.set(xlabel=xlabel, ylabel="sacreBLEU", title="validation BLEU")
     for ax in (ax_loss, ax_bleu):
         ax.grid(alpha=0.3)
     ax_bleu.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the plot, not on it

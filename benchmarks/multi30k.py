@@ -1,0 +1,84 @@
+"""The Multi30k recipe experiment: which settings pay, per CPU-minute, on real data?
+
+Trains English->German translators on Multi30k (29,000 training pairs), each for the same
+wall-clock budget on the same machine, one after another and alone (a busy machine makes a
+time budget meaningless), and prints validation BLEU against minutes, then draws the curves.
+
+    python -m benchmarks.multi30k --minutes 20 old bf16 wide      # rank candidates
+    python -m benchmarks.multi30k --minutes 60 recipe             # the full run
+
+Runs go to runs/multi30k/<name>-<minutes>m/; a finished run is read, not retrained. Outputs:
+benchmarks/results/multi30k.md and multi30k.png. The data folder defaults to ../shared/data/multi30k
+(see the README for how to fetch Multi30k).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from minibert.files import save_text
+from minibert.plot import plot_curves, read_metrics
+
+ROOT = Path(__file__).parent.parent
+DATA = ROOT.parent / "shared" / "data" / "multi30k"
+# name -> train.py flags on top of the common ones.
+CANDIDATES = {
+    "old": [],  # the toy-tuned defaults: 2 layers, 256 wide, float32
+    "bf16": ["--dtype", "bfloat16"],
+    "wide": ["--dtype", "bfloat16", "--dec-width", "384", "--dec-layers", "3", "--dec-heads", "6",
+             "--dec-ffn", "1536", "--dropout", "0.2"],
+    "wider": ["--dtype", "bfloat16", "--dec-width", "512", "--dec-layers", "3", "--dec-heads", "8",
+              "--dec-ffn", "2048", "--dropout", "0.3"],
+}
+
+
+def train(name: str, minutes: float, data: Path, runs: Path) -> Path:
+    run_dir = runs / f"{name}-{minutes:g}m"
+    if (run_dir / "metrics.json").is_file():
+        return run_dir
+    while Path("/tmp/pause-experiments").exists():  # lets the machine's owner run something quietly between runs
+        time.sleep(10)
+    cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(data), "--src", "en", "--tgt", "de",
+           "--max-minutes", str(minutes), "--out", str(run_dir), *CANDIDATES[name]]
+    if run_dir.exists():
+        cmd.append("--resume")
+    print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(runs / f"{name}-{minutes:g}m.log", "a") as log:
+        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    if result.returncode != 0:
+        sys.exit(f"error: {run_dir}: train.py failed (exit {result.returncode})")
+    return run_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="+", choices=CANDIDATES)
+    parser.add_argument("--minutes", type=float, default=20)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--runs", type=Path, default=Path("runs/multi30k"))
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    rows, curves = [], []
+    for name in args.names:
+        run_dir = train(name, args.minutes, args.data, args.runs)
+        valid = [m for m in read_metrics(run_dir) if m["split"] == "valid"]
+        best = max(valid, key=lambda m: m["bleu"])
+        rows.append(f"| {name} | `{' '.join(CANDIDATES[name]) or '(defaults)'}` | {len(valid)} | "
+                    f"{best['bleu']:.1f} | {best['minutes']:.0f} | {min(m['loss'] for m in valid):.3f} |")
+        curves.append((name, read_metrics(run_dir)))
+    table = "\n".join(["| name | flags | validations | best valid BLEU (greedy) | at minute | best valid loss |",
+                       "|---|---|---:|---:|---:|---:|", *rows]) + "\n"
+    print(table)
+    args.results.mkdir(parents=True, exist_ok=True)
+    save_text(args.results / "multi30k.md", f"{args.minutes:g} minutes each, `python -m benchmarks.multi30k`\n\n{table}")
+    plot_curves(curves, args.results / "multi30k.png", title=f"Multi30k en->de, {args.minutes:g} minutes each",
+                x="minutes")
+    print(json.dumps({"benchmark": "multi30k", "minutes": args.minutes, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
