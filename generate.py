@@ -10,8 +10,6 @@ with --nbest K the K best translations share that line, best first, separated by
 --attention PNG draws the cross-attention of the first non-empty sentence.
 """
 
-import argparse
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,91 +17,52 @@ from pathlib import Path
 import torch
 
 from minibert.checkpoint import load_translator
+from minibert.cli import above, at_least, flag, make_parser, probability
 from minibert.decoding import translate
 from minibert.files import CheckpointError, DataError, decode_lines, read_lines, save_text
 
 # -----------------------------------------------------------------------------
-# settings
+# settings: every flag is a field of GenerateConfig, with its help text and its check (minibert/cli.py)
 
 
 @dataclass
 class GenerateConfig:
-    checkpoint: str
-    sentences: list[str]
-    input: str | None
-    output: str | None
-    beam: int
-    nbest: int
-    length_penalty: float
-    sample: bool
-    temperature: float
-    top_k: int
-    top_p: float
-    seed: int
-    max_len: int
-    batch_size: int
-    device: str
-    dtype: str
-    attention: str | None
-
-
-def number(base: type, ok, rule: str):
-    """argparse type: a finite `base` number for which ok(value) holds, else `rule` in the error."""
-    def parse(text: str):
-        try:
-            value = base(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if base is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        if not math.isfinite(value) or not ok(value):
-            raise argparse.ArgumentTypeError(f"{rule}, got {text}")
-        return value
-    return parse
+    checkpoint: str = flag(help="run folder written by train.py")
+    sentences: list[str] = flag([], "sentences to translate (else --input, else standard input)", positional=True)
+    input: str | None = flag(None, "UTF-8 file with one sentence a line")
+    output: str | None = flag(None, "write the translations here (default: standard output)")
+    beam: int = flag(1, "beam size; 1 = greedy search", at_least(1))
+    nbest: int = flag(1, "translations per sentence, at most --beam, joined by ' ||| '", at_least(1))
+    length_penalty: float = flag(1.0, "beam search's GNMT length penalty alpha; 0 = none", at_least(0))
+    sample: bool = flag(False, "sample instead of searching")
+    temperature: float = flag(1.0, "with --sample: divide the logits by this", above(0))
+    top_k: int = flag(0, "with --sample: keep the k most likely tokens; 0 = all", at_least(0))
+    top_p: float = flag(1.0, "with --sample: keep the smallest set of tokens reaching this probability",
+                        probability)
+    seed: int = flag(0, "with --sample: random seed", at_least(0))
+    max_len: int = flag(128, "most target tokens, [BOS] and [EOS] included", at_least(2))
+    batch_size: int = flag(64, "sentences translated together", at_least(1))
+    device: str = flag("auto", "auto = cuda when available", choices=("auto", "cpu", "cuda"))
+    dtype: str = flag("float32", "weights and activations; bfloat16 halves the bytes a decoding step reads",
+                      choices=("float32", "bfloat16"))
+    attention: str | None = flag(None, "save the first sentence's cross-attention heatmap to this PNG file")
 
 
 def parse_args(argv: list[str] | None = None) -> GenerateConfig:
-    p = argparse.ArgumentParser(description="Translate sentences with a minibert run folder.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("sentences", nargs="*", help="sentences to translate (else --input, else standard input)")
-    p.add_argument("--checkpoint", required=True, help="run folder written by train.py")
-    p.add_argument("--input", help="UTF-8 file with one sentence a line")
-    p.add_argument("--output", help="write translations here (default: standard output)")
-    p.add_argument("--beam", type=number(int, lambda v: v >= 1, "must be at least 1"), default=1,
-                   help="beam size; 1 = greedy")
-    p.add_argument("--nbest", type=number(int, lambda v: v >= 1, "must be at least 1"), default=1,
-                   help="translations per sentence, at most --beam, joined by ' ||| '")
-    p.add_argument("--length-penalty", type=number(float, lambda v: v >= 0, "must be at least 0"), default=1.0,
-                   help="beam search's GNMT length penalty alpha; 0 = none")
-    p.add_argument("--sample", action="store_true", help="sample instead of searching")
-    p.add_argument("--temperature", type=number(float, lambda v: v > 0, "must be greater than 0"), default=1.0,
-                   help="with --sample: divide the logits by this")
-    p.add_argument("--top-k", type=number(int, lambda v: v >= 0, "must be at least 0"), default=0,
-                   help="with --sample: keep the k most likely tokens; 0 = all")
-    p.add_argument("--top-p", type=number(float, lambda v: 0 < v <= 1, "must be in (0, 1]"), default=1.0,
-                   help="with --sample: keep the smallest set of tokens reaching this probability")
-    p.add_argument("--seed", type=number(int, lambda v: v >= 0, "must be at least 0"), default=0,
-                   help="with --sample: random seed")
-    p.add_argument("--max-len", type=number(int, lambda v: v >= 2, "must be at least 2"), default=128,
-                   help="most target tokens, [BOS] and [EOS] included")
-    p.add_argument("--batch-size", type=number(int, lambda v: v >= 1, "must be at least 1"), default=64,
-                   help="sentences translated together")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda when available")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="weights and activations; bfloat16 halves the bytes a decoding step reads")
-    p.add_argument("--attention", metavar="PNG", help="save the first sentence's cross-attention heatmap")
-    cfg = GenerateConfig(**vars(p.parse_args(argv)))
+    parser = make_parser(GenerateConfig, "Translate sentences with a minibert run folder.")
+    cfg = GenerateConfig(**vars(parser.parse_args(argv)))
     if cfg.nbest > cfg.beam:
-        p.error(f"argument --nbest: {cfg.nbest} is more than --beam {cfg.beam}")
+        parser.error(f"argument --nbest: {cfg.nbest} is more than --beam {cfg.beam}")
     if cfg.sample and cfg.beam > 1:
-        p.error("--sample and --beam > 1 exclude each other")
+        parser.error("--sample and --beam > 1 exclude each other")
     if not cfg.sample and (cfg.temperature, cfg.top_k, cfg.top_p) != (1.0, 0, 1.0):
-        p.error("--temperature, --top-k and --top-p apply only with --sample")
+        parser.error("--temperature, --top-k and --top-p apply only with --sample")
     if cfg.beam == 1 and cfg.length_penalty != 1.0:
-        p.error("--length-penalty applies only with --beam > 1")
+        parser.error("--length-penalty applies only with --beam > 1")
     if cfg.sentences and cfg.input:
-        p.error("give sentences as arguments or --input, not both")
+        parser.error("give sentences as arguments or --input, not both")
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        p.error("argument --device: cuda, but torch sees no CUDA GPU (use --device cpu)")
+        parser.error("argument --device: cuda, but torch sees no CUDA GPU (use --device cpu)")
     return cfg
 
 

@@ -13,7 +13,6 @@ scores. Every file is written atomically. Results go to standard output, progres
 
 import argparse
 import math
-import re
 import signal
 import sys
 import time
@@ -27,7 +26,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from minibert.adapter import ADAPTER_KINDS
+from minibert.attention import padding_mask
 from minibert.bert import BertConfig, BertModel
+from minibert.cli import above, at_least, flag, fraction, make_parser, suffix
 from minibert.checkpoint import (LOCK, RUN_FILES, build_translator, load_state, load_translator, lock_run_folder,
                                  open_run, read_run_config, run_files, translator_config)
 from minibert.convert import load_pretrained_bert, read_config
@@ -40,33 +41,13 @@ from minibert.model import Seq2Seq
 from minibert.tokenizer import load_bert_tokenizer, train_source_tokenizer, train_target_tokenizer
 
 # -----------------------------------------------------------------------------
-# settings: every flag is a field of TrainConfig, with its help text and its check
-
-
-def at_least(lo):
-    return lambda v: None if v >= lo else f"must be at least {lo}"
-
-
-def above(lo):
-    return lambda v: None if v > lo else f"must be greater than {lo}"
-
-
-def fraction(v):
-    return None if 0 <= v < 1 else "must be in [0, 1)"
-
-
-def suffix(v):
-    return None if re.fullmatch(r"[\w-]+", v) else "must be a file suffix such as en or de"
-
-
-def flag(default, help: str, check=None, choices=None):
-    return field(default=default, metadata={"help": help, "check": check, "choices": choices})
+# settings: every flag is a field of TrainConfig, with its help text and its check (minibert/cli.py)
 
 
 @dataclass
 class TrainConfig:
-    data: str = flag(str(Path(__file__).parent / "data"), "folder with train.SRC/.TGT, valid|val|dev.SRC/.TGT, "
-                     "optionally test*.SRC/.TGT (default: the toy set)")
+    data: str = flag(str(Path(__file__).parent / "data"), "folder with train.SRC/.TGT, valid|val|dev.SRC/.TGT "
+                     "and optionally test*.SRC/.TGT, line-aligned UTF-8 text; the default is the toy set")
     src: str = flag("en", "source language: the file suffix", suffix)
     tgt: str = flag("de", "target language: the file suffix", suffix)
     bert: str = flag("minilm", "encoder: minilm (fetched once), PATH to a BERT checkpoint (Hugging Face folder, "
@@ -76,6 +57,8 @@ class TrainConfig:
     pretrained: bool = flag(True, "--no-pretrained: the checkpoint's architecture and vocabulary, random weights")
     adapter: str = flag("mlp", "the bridge from BERT's H to the decoder's H'", choices=ADAPTER_KINDS)
     freeze_encoder: bool | None = flag(None, "keep BERT fixed (default: frozen when pre-trained)")
+    unfreeze_top: int = flag(0, "with a frozen encoder, still train BERT's top N layers (at --encoder-lr-scale); "
+                             "the frozen layers below run once per sentence", at_least(0))
     dec_width: int = flag(256, "decoder width (hidden size)", at_least(1))
     dec_layers: int = flag(2, "decoder layers", at_least(1))
     dec_heads: int = flag(4, "decoder attention heads; must divide --dec-width", at_least(1))
@@ -116,43 +99,10 @@ RESUMABLE = {"device", "dtype", "epochs", "max_steps", "max_minutes", "save_ever
              "out", "resume"}
 
 
-def argument_type(base: type, check):
-    """argparse type: parse as `base`, refuse NaN and infinity, then apply the field's check."""
-    def parse(text: str):
-        try:
-            value = base(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if base is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        problem = "must be finite" if base is float and not math.isfinite(value) else check and check(value)
-        if problem:
-            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
-        return value
-    return parse
-
-
-def make_parser() -> argparse.ArgumentParser:
-    # SUPPRESS: the namespace holds only the flags actually given, which --resume needs to know.
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in fields(TrainConfig):
-        name, meta = "--" + f.name.replace("_", "-"), f.metadata
-        default_help = dict(help=meta["help"] + ("" if f.default is None else f" (default: {f.default})"))
-        if f.type in (bool, bool | None):
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, **default_help)
-        elif meta["choices"]:
-            parser.add_argument(name, choices=meta["choices"], **default_help)
-        else:
-            base = {int | None: int, float | None: float}.get(f.type, f.type)
-            parser.add_argument(name, type=argument_type(base, meta["check"]), metavar=base.__name__.upper(),
-                                **default_help)
-    return parser
-
-
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """The command line as a TrainConfig; with --resume, the run's saved settings plus the new
     limits. Derived defaults (freezing, encoder learning rate, epochs) are filled in."""
-    parser = make_parser()
+    parser = make_parser(TrainConfig, __doc__.split("\n")[0])
     given = vars(parser.parse_args(argv))
     if given.get("resume") and given.get("overwrite"):
         parser.error("--resume continues the run in --out and --overwrite replaces it: give one")
@@ -166,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     random_encoder = cfg.bert == "none" or not cfg.pretrained
     if cfg.freeze_encoder is None:
         cfg.freeze_encoder = not random_encoder
+    if cfg.unfreeze_top and not cfg.freeze_encoder:
+        parser.error("argument --unfreeze-top: applies to a frozen encoder (--no-freeze-encoder trains every layer)")
     if cfg.encoder_lr_scale is None:
         # Pre-trained weights are nudged gently; an encoder learning from scratch needs the full rate.
         cfg.encoder_lr_scale = 1.0 if random_encoder else 0.05
@@ -246,7 +198,7 @@ class Split:
     tgt_lines: list[str]
     src_ids: list[list[int]]  # [CLS] x [SEP]
     tgt_ids: list[list[int]]  # [BOS] y [EOS]
-    encoded: list[torch.Tensor] | None = None  # a frozen BERT's H per sentence, (S_i, C) each
+    encoded: list[torch.Tensor] | None = None  # the frozen BERT layers' output per sentence, (S_i, C) each
 
 
 def tokenize_split(cfg: TrainConfig, texts: tuple[list[str], list[str]], paths: tuple[Path, Path],
@@ -276,7 +228,8 @@ def tokenize_split(cfg: TrainConfig, texts: tuple[list[str], list[str]], paths: 
 
 def collate(model: Seq2Seq, split: Split, batch: list[int], device: torch.device):
     """Batch `batch` of a split as tensors: source ids (B, S), target ids (B, T) and, when the
-    encoder is frozen, BERT's cached H (B, S, C_enc), else None. Right-padded with pad ids."""
+    encoder is frozen, the cached output of its frozen layers (B, S, C_enc), else None.
+    Right-padded with pad ids."""
     src = pad([split.src_ids[i] for i in batch], model.encoder.config.pad_token_id).to(device)  # (B, S)
     tgt = pad([split.tgt_ids[i] for i in batch], model.decoder.config.pad_token_id).to(device)  # (B, T)
     h = None
@@ -286,16 +239,16 @@ def collate(model: Seq2Seq, split: Split, batch: list[int], device: torch.device
 
 
 @torch.no_grad()
-def encode_sources(encoder: BertModel, split: Split, device: torch.device, max_tokens: int) -> None:
-    """Store BERT's H for every sentence of the split, computed once: a frozen encoder's outputs
-    never change, so later epochs pay only for the adapter and the decoder."""
+def encode_sources(encoder: BertModel, split: Split, device: torch.device, max_tokens: int, stop: int) -> None:
+    """Store the output of BERT's frozen layers 0..stop-1 for every sentence of the split,
+    computed once: frozen layers' outputs never change, so later epochs pay only for the rest."""
     split.encoded = [None] * len(split.src_ids)
     pad_id = encoder.config.pad_token_id
     with tqdm(total=len(split.src_ids), desc="encoding sources once (frozen BERT)", leave=False,
               disable=not is_main()) as bar:
         for batch in batches_by_length([len(s) for s in split.src_ids], max_tokens):
             ids = pad([split.src_ids[i] for i in batch], pad_id).to(device)  # (B, S)
-            h = encoder(ids, ids != pad_id)  # (B, S, C)
+            h = encoder(ids, padding_mask(ids, pad_id), stop=stop)  # (B, S, C)
             for row, i in enumerate(batch):
                 split.encoded[i] = h[row, :len(split.src_ids[i])].cpu().clone()  # (S_i, C)
             bar.update(len(batch))
@@ -472,7 +425,7 @@ def evaluate(model: Seq2Seq, split: Split, src_tok, tgt_tok, cfg: TrainConfig, d
     total, tokens = 0.0, 0
     for batch in batches_by_length([len(t) for t in split.tgt_ids], cfg.batch_tokens):
         src, tgt, h = collate(model, split, batch, device)
-        _, loss = model(src, tgt[:, :-1], tgt[:, 1:], encoder_out=h)  # mean over the real target tokens
+        loss = model(src, tgt[:, :-1], tgt[:, 1:], cached=h)  # mean over the real target tokens
         n = (tgt[:, 1:] != model.decoder.config.pad_token_id).sum().item()
         total, tokens = total + loss.item() * n, tokens + n
     hyps = [h[0] for h in translate(model, src_tok, tgt_tok, split.src_lines, beam=cfg.beam,
@@ -516,7 +469,9 @@ def start(cfg: TrainConfig, run_dir: Path, device: torch.device, world: int) -> 
         if not check_resumable(cfg, run_dir, state):
             return None
         log(f"resuming at epoch {state.epoch + 1}, step {state.step}")
-    model.freeze_encoder(cfg.freeze_encoder)
+    if cfg.unfreeze_top > len(model.encoder.layers):
+        raise DataError(f"--unfreeze-top {cfg.unfreeze_top}: the encoder has only {len(model.encoder.layers)} layers")
+    model.freeze_encoder(cfg.freeze_encoder, cfg.unfreeze_top)
     model.to(device).train()
     splits = {name: tokenize_split(cfg, texts[name], paths[name], src_tok, tgt_tok) for name in paths}
     optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay, cfg.encoder_lr_scale), lr=cfg.lr,
@@ -537,10 +492,10 @@ def start(cfg: TrainConfig, run_dir: Path, device: torch.device, world: int) -> 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"{len(splits['train'].src_ids):,} training pairs, {n_params:,} trainable parameters, "
         f"device {device}, world {world}")
-    if cfg.freeze_encoder:
+    if model.cached_layers:
         for name in ("train", "valid"):
             with autocast(run):
-                encode_sources(model.encoder, splits[name], device, 8 * cfg.batch_tokens)
+                encode_sources(model.encoder, splits[name], device, 8 * cfg.batch_tokens, model.cached_layers)
     return run
 
 
@@ -599,7 +554,7 @@ def train_step(run: Run, batches: list[list[int]]) -> tuple[float, int]:
     for batch in batches:
         src, tgt, h = collate(run.model, run.splits["train"], batch, run.device)
         with autocast(run):
-            _, loss = run.train_model(src, tgt[:, :-1], tgt[:, 1:], cfg.label_smoothing, encoder_out=h)
+            loss = run.train_model(src, tgt[:, :-1], tgt[:, 1:], cfg.label_smoothing, cached=h)
         (loss / cfg.accum).backward()
         loss_sum += loss.item() / cfg.accum
         tokens += (tgt[:, 1:] != run.model.decoder.config.pad_token_id).sum().item()
@@ -694,7 +649,8 @@ def final_test(run: Run) -> None:
         return
     state = run.state
     best, _, _ = load_translator(run.run_dir, "model.safetensors", device=run.device)
-    results = {"best_valid_bleu": state.best_bleu, "steps": state.step, "minutes": state.elapsed / 60}
+    results = {"best_valid_bleu": state.best_bleu, "steps": state.step, "minutes": state.elapsed / 60,
+               "trainable_parameters": sum(p.numel() for p in run.model.parameters() if p.requires_grad)}
     for name in sorted(set(run.splits) - {"train", "valid"}):
         with autocast(run):
             m = evaluate(best, run.splits[name], run.src_tok, run.tgt_tok, run.cfg, run.device)

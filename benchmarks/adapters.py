@@ -11,7 +11,7 @@ Every run has the same decoder, data order and step budget. Adapter `none` passe
 the decoder, so it needs the decoder as wide as MiniLM: all nine use a 384-wide decoder (6 heads,
 FFN 1536, 2 layers), so the adapter is the only thing that changes along a row.
 
-    python -m benchmarks.adapters                    # about an hour on 2 CPU cores
+    python -m benchmarks.adapters                    # about 50 minutes on 2 CPU cores
     python -m benchmarks.adapters --steps 50         # a quick look, not the README's numbers
 
 Runs go to runs/adapters/<encoder>-<adapter>/; a run that already has metrics.json is read, not
@@ -21,12 +21,12 @@ benchmarks/results/adapters.md (the table) and benchmarks/results/adapters.png (
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from minibert.files import save_json, save_text
 from minibert.plot import plot_curves, read_metrics
 
 ROOT = Path(__file__).parent.parent
@@ -47,21 +47,17 @@ def train(run_dir: Path, encoder: str, adapter: str, steps: int) -> float:
     cmd = [sys.executable, str(ROOT / "train.py"), "--out", str(run_dir), "--adapter", adapter,
            "--max-steps", str(steps), "--save-every", "0", *DECODER, *ENCODERS[encoder]]
     print(f"\n== {encoder} encoder, adapter {adapter}: {' '.join(cmd[1:])}", flush=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists():  # an interrupted run: continue it
+        cmd.append("--resume")
     start = time.time()
-    with open(run_dir / "train.log", "w") as log:
-        result = subprocess.run(cmd, stderr=log, cwd=ROOT)
+    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:  # beside the run: a new run wants an empty folder
+        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     if result.returncode != 0:
-        sys.exit(f"error: {run_dir}: train.py failed (exit {result.returncode}), see {run_dir / 'train.log'}")
+        sys.exit(f"error: {run_dir}: train.py failed (exit {result.returncode}), see {run_dir}.log")
     minutes = (time.time() - start) / 60
-    metrics = json.loads(done.read_text())
-    done.write_text(json.dumps({**metrics, "wall_minutes": minutes}, indent=2))
+    save_json(done, {**json.loads(done.read_text()), "wall_minutes": minutes})
     return minutes
-
-
-def trainable_parameters(run_dir: Path) -> int:
-    match = re.search(r"([\d,]+) trainable parameters", (run_dir / "train.log").read_text())
-    return int(match.group(1).replace(",", ""))
 
 
 def main() -> None:
@@ -77,7 +73,7 @@ def main() -> None:
             run_dir = Path(args.runs) / f"{encoder}-{adapter}"
             wall = train(run_dir, encoder, adapter, args.steps)
             m = json.loads((run_dir / "metrics.json").read_text())
-            rows.append({"encoder": encoder, "adapter": adapter, "trainable": trainable_parameters(run_dir),
+            rows.append({"encoder": encoder, "adapter": adapter, "trainable": m["trainable_parameters"],
                          "test": m["test"]["bleu"], "compositional": m["test_compositional"]["bleu"],
                          "valid": m["best_valid_bleu"], "train_minutes": m["minutes"], "wall_minutes": wall})
             curves.append((f"{encoder}, {adapter}", read_metrics(run_dir)))
@@ -94,7 +90,7 @@ def main() -> None:
     print("\n" + text)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "adapters.md").write_text(f"{args.steps} steps per run, `python -m benchmarks.adapters`\n\n{text}")
+    save_text(results / "adapters.md", f"{args.steps} steps per run, `python -m benchmarks.adapters`\n\n{text}")
     plot_curves(curves, results / "adapters.png", styles=styles,
                 title=f"adapter x encoder on the toy set, {args.steps} steps each "
                       "(colour: adapter; solid frozen, dashed fine-tuned, dotted random)")

@@ -4,7 +4,8 @@ with the encoder frozen and unfrozen. Reports target tokens per second, the rati
 achieved GFLOP/s against a 2048x2048 matmul timed in the same run.
 
 minibert is timed twice when frozen: running BERT each step (like-for-like), and on cached
-encoder outputs (what train.py does, since a frozen encoder's outputs never change).
+encoder outputs (what train.py does, since a frozen encoder's outputs never change); and each of
+its cases again under bf16 autocast (train.py --dtype bfloat16), against its own float32 step.
 
     python -m benchmarks.train_step     # needs ../shared/data/multi30k and the MiniLM checkpoint
 """
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import finish, matmul_gflops, try_transformers
 from benchmarks.pairs import PAD, batches, hf_model, minibert_model
+from minibert.attention import padding_mask
 
 ROUNDS = 6
 
@@ -50,17 +52,20 @@ def main() -> None:
         ours.freeze_encoder(frozen)
         opt_ours = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
 
-        def minibert_step(src, tgt, cached=None):
-            _, loss = ours(src, tgt[:, :-1], tgt[:, 1:], encoder_out=cached)
+        def minibert_step(src, tgt, cached=None, bf16=False):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = ours(src, tgt[:, :-1], tgt[:, 1:], cached=cached)
             loss.backward()
             opt_ours.step()
             opt_ours.zero_grad(set_to_none=True)
 
-        runners = {"minibert": lambda src, tgt: minibert_step(src, tgt)}
+        runners = {"minibert": lambda src, tgt: minibert_step(src, tgt),
+                   "minibert bf16": lambda src, tgt: minibert_step(src, tgt, bf16=True)}
         if frozen:
             with torch.no_grad():
-                cache = {id(src): ours.encoder(src, src != PAD) for src, _ in data}
+                cache = {id(src): ours.encoder(src, padding_mask(src, PAD)) for src, _ in data}
             runners["minibert_cached"] = lambda src, tgt: minibert_step(src, tgt, cache[id(src)])
+            runners["minibert_cached bf16"] = lambda src, tgt: minibert_step(src, tgt, cache[id(src)], bf16=True)
         if transformers is not None:
             theirs = hf_model(transformers, vocab).train()
             theirs.encoder.requires_grad_(not frozen)
@@ -92,11 +97,13 @@ def main() -> None:
             if name == "hf":
                 continue
             ms = statistics.median(times[name]) * 1e3
-            encoder = "cached" if name == "minibert_cached" else "frozen" if frozen else "unfrozen"
+            fp32_ms = statistics.median(times[name.removesuffix(" bf16")]) * 1e3
+            encoder = "cached" if name.startswith("minibert_cached") else "frozen" if frozen else "unfrozen"
             gflops = statistics.median(step_flops(ours, src, tgt, encoder) for src, tgt in data[2:]) / ms / 1e6
-            rows.append({"encoder": encoder, "minibert_ms": ms, "hf_ms": hf_ms,
-                         "minibert_tok_s": tokens / ms * 1e3, "hf_tok_s": tokens / hf_ms * 1e3 if hf_ms else None,
-                         "ratio": hf_ms / ms if hf_ms else None, "GFLOP_s": gflops, "of_peak": gflops / peak})
+            rows.append({"encoder": encoder, "dtype": "bf16" if name.endswith("bf16") else "fp32", "minibert_ms": ms,
+                         "hf_ms": hf_ms, "minibert_tok_s": tokens / ms * 1e3,
+                         "hf_tok_s": tokens / hf_ms * 1e3 if hf_ms else None, "ratio": hf_ms / ms if hf_ms else None,
+                         "vs_own_fp32": fp32_ms / ms, "GFLOP_s": gflops, "of_peak": gflops / peak})
     finish("train_step", rows, matmul_peak_gflops=peak)
 
 

@@ -1,18 +1,20 @@
 """Multi-head attention, the one building block shared by every part of minibert.
 
 Implements scaled dot-product attention (Vaswani et al. 2017, eq. 1) and its multi-head form
-(section 3.2.2) for three roles: BERT's self-attention, the decoder's causal self-attention and
-the decoder's cross-attention over the adapter output H' (Xiao & Zhu, Foundations of LLMs, ch. 1:
-the Transformer that both BERT and the new decoder are made of). The fused path calls PyTorch's
-`scaled_dot_product_attention`; the reference path writes the softmax out for reading and returns
-the attention probabilities for pictures. Relative positions and sparse patterns are left out.
+(section 3.2.2) in the two roles of Xiao & Zhu, Foundations of LLMs, ch. 1: self-attention (BERT's
+and the decoder's causal one) and the decoder's cross-attention over the adapter output H'. The
+fused path calls PyTorch's `scaled_dot_product_attention`; the reference path writes the softmax
+out for reading and returns the attention probabilities for pictures. Left out: relative
+positions and sparse patterns.
 
 Shape legend: B batch, T target (query) length, S source (key) length, H heads, D head size,
-C width (C = H * D).
-Mask convention: boolean, True = may attend, broadcastable to (B, H, T, S).
+C width (C = H * D), N real tokens of a padded batch, packed.
+Mask convention: boolean, True = may attend, broadcastable to (B, H, T, S). Every mask is built by
+`padding_mask` (B, 1, 1, S) or `causal_mask` (T, S), and None means "attend to every key".
 """
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -23,7 +25,8 @@ import torch.nn.functional as F
 
 
 def padding_mask(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Keys that are real tokens. ids (B, S) -> (B, 1, 1, S) bool, True = may attend."""
+    """Keys that are real tokens. ids (B, S) -> (B, 1, 1, S) bool, True = may attend.
+    (Hugging Face's attention_mask of 1s and 0s becomes padding_mask(attention_mask, 0).)"""
     return (ids != pad_id)[:, None, None, :]  # (B, 1, 1, S)
 
 
@@ -84,6 +87,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return out, probs
 
 
+@contextmanager
+def reference_attention(model: nn.Module):
+    """Run every attention module of `model` on the written-out reference path (it also returns
+    the probabilities), for pictures and for the tests that compare the two paths."""
+    modules = [m for m in model.modules() if isinstance(m, (SelfAttention, CrossAttention))]
+    for m in modules:
+        m.fused = False
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.fused = True
+
+
 # -----------------------------------------------------------------------------
 # the KV cache of one self-attention layer, for incremental decoding
 
@@ -112,75 +129,85 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]  # (B, H, S, D) each
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows `index` (beam search: the beam each survivor came from)."""
-        self.k = self.k.index_select(0, index)
-        self.v = self.v.index_select(0, index)
+        """Keep batch rows `index` (beam search: the beam each survivor came from). Only the
+        positions written so far are copied, not the whole preallocated length."""
+        if index.numel() != self.k.size(0):  # a different batch size: new buffers
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+            return
+        n = self.length
+        self.k[:, :, :n] = self.k[:, :, :n].index_select(0, index)
+        self.v[:, :, :n] = self.v[:, :, :n].index_select(0, index)
 
 
 # -----------------------------------------------------------------------------
-# the module
+# the two modules: self-attention and cross-attention
 
 
-class MultiHeadAttention(nn.Module):
-    """Multi-head attention for self-attention (cross=False) or cross-attention (cross=True).
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    b, t, c = x.shape
+    return x.view(b, t, n_heads, c // n_heads).transpose(1, 2)  # (B, H, T, D)
 
-    Self-attention projects Q, K and V with one fused matmul (`qkv`). Cross-attention projects
-    Q from the decoder stream (`query`) and K, V from the memory H' with one matmul (`kv`),
-    done once per source by `project_memory`.
+
+def merge_heads(y: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """(B, H, T, D) -> (B, T, C), or the real tokens only, (N, C), when packed."""
+    y = y.transpose(1, 2)  # (B, T, H, D)
+    y = y[real] if real is not None else y  # (N, H, D) when packed
+    return y.flatten(-2)  # (B, T, C) or (N, C)
+
+
+class SelfAttention(nn.Module):
+    """Queries, keys and values all from x, projected by one fused matmul (`qkv`).
+
+    real (B, T) bool, when given: x holds just the real tokens of a padded batch, packed as (N, C),
+    and so does the output. The projections then skip the padding; only the attention itself,
+    which must know which tokens share a sentence, runs on the (B, T) grid. BERT and the
+    decoder's training pass work this way.
     """
 
-    def __init__(self, width: int, n_heads: int, dropout: float = 0.0, cross: bool = False):
+    def __init__(self, width: int, n_heads: int, dropout: float = 0.0):
         super().__init__()
-        if width % n_heads != 0:
-            raise ValueError(f"width {width} is not divisible by {n_heads} heads")
-        self.n_heads = n_heads
-        self.dropout = dropout
-        self.cross = cross
-        if cross:
-            self.query = nn.Linear(width, width)
-            self.kv = nn.Linear(width, 2 * width)
-        else:
-            self.qkv = nn.Linear(width, 3 * width)
+        self.n_heads, self.dropout = n_heads, dropout  # n_heads divides width (the configs check)
+        self.fused = True  # False: the written-out softmax (see reference_attention)
+        self.qkv = nn.Linear(width, 3 * width)
         self.output = nn.Linear(width, width)
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
-        return x.view(b, t, self.n_heads, c // self.n_heads).transpose(1, 2)  # (B, H, T, D)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None,
+                real: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) or packed (N, C) -> the same shape, and the probabilities on the reference
+        path. With a `cache`, the new keys and values are appended to it and the queries attend
+        to everything cached."""
+        qkv = self.qkv(x)  # (B, T, 3C), or (N, 3C) when packed
+        qkv = to_grid(qkv, real) if real is not None else qkv  # (B, T, 3C)
+        q, k, v = (split_heads(z, self.n_heads) for z in qkv.chunk(3, dim=-1))  # (B, H, T, D) each
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, S, D) each, S = cached + T
+        y, probs = attend(q, k, v, mask, self.dropout if self.training else 0.0, self.fused)  # (B, H, T, D)
+        return self.output(merge_heads(y, real)), probs
+
+
+class CrossAttention(nn.Module):
+    """Queries from the decoder stream x (`query`); keys and values from the memory H' (`kv`),
+    projected once per source by `project_memory` and reused at every step and layer call."""
+
+    def __init__(self, width: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.query = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.output = nn.Linear(width, width)
+        self.n_heads, self.dropout = n_heads, dropout  # n_heads divides width (the configs check)
+        self.fused = True  # False: the written-out softmax (see reference_attention)
 
     def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-attention keys and values of memory (B, S, C): two (B, H, S, D) tensors."""
+        """Keys and values of memory H' (B, S, C): two (B, H, S, D) tensors."""
         k, v = self.kv(memory).chunk(2, dim=-1)  # (B, S, C) each
-        return self.split_heads(k), self.split_heads(v)
+        return split_heads(k, self.n_heads), split_heads(v, self.n_heads)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None, fused: bool = True, real: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, T, C) -> output (B, T, C) and, when fused=False, probabilities (B, H, T, S).
-
-        Self-attention: keys and values come from x; with a `cache`, they are appended to it and
-        the queries attend to everything cached. Cross-attention: keys and values are
-        `memory_kv`, from `project_memory`. `mask` is bool, True = may attend.
-
-        real (B, T) bool: x holds just the real tokens of a padded batch, packed as (N, C), and
-        so does the output. The projections then skip the padding; only the attention itself,
-        which needs to know which tokens share a sentence, runs on the (B, T) grid. BERT's
-        encoder and the decoder's training pass work this way.
-        """
-        if self.cross:
-            if memory_kv is None:
-                raise ValueError("cross-attention needs memory_kv (see project_memory)")
-            q = self.query(x)  # (B, T, C), or (N, C) when packed
-            q = self.split_heads(to_grid(q, real) if real is not None else q)  # (B, H, T, D)
-            k, v = memory_kv  # (B, H, S, D) each
-        else:
-            qkv = self.qkv(x)  # (B, T, 3C), or (N, 3C) when packed
-            qkv = to_grid(qkv, real) if real is not None else qkv  # (B, T, 3C)
-            q, k, v = (self.split_heads(z) for z in qkv.chunk(3, dim=-1))  # (B, H, T, D) each
-            if cache is not None:
-                k, v = cache.append(k, v)  # (B, H, S, D) each, S = cached + T
-        dropout = self.dropout if self.training else 0.0
-        y, probs = attend(q, k, v, mask, dropout=dropout, fused=fused)  # (B, H, T, D)
-        y = y.transpose(1, 2)  # (B, T, H, D)
-        y = y[real] if real is not None else y  # (N, H, D) when packed
-        return self.output(y.flatten(-2)), probs  # (B, T, C) or (N, C)
+    def forward(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+                real: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) or packed (N, C, with real as for SelfAttention) -> the same shape, and
+        the probabilities (B, H, T, S) over the memory on the reference path."""
+        q = self.query(x)  # (B, T, C), or (N, C) when packed
+        q = split_heads(to_grid(q, real) if real is not None else q, self.n_heads)  # (B, H, T, D)
+        k, v = memory_kv  # (B, H, S, D) each
+        y, probs = attend(q, k, v, mask, self.dropout if self.training else 0.0, self.fused)  # (B, H, T, D)
+        return self.output(merge_heads(y, real)), probs

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minibert.attention import MultiHeadAttention, to_grid
+from minibert.attention import SelfAttention, padding_mask, to_grid
 
 # The activations BERT configs name. "gelu" is the exact erf form (BERT's own); the tanh
 # approximation goes by three names in the wild, and all of them compute the same function.
@@ -30,11 +30,15 @@ ACTIVATIONS = {
 
 
 def check_sizes(config, *names: str) -> None:
-    """Every named field of a config must be a positive integer (a config.json may say anything)."""
+    """Every named field of a config must be a positive integer (a config.json may say anything),
+    and the attention heads must split hidden_size evenly."""
     for name in names:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if config.hidden_size % config.num_attention_heads != 0:
+        raise ValueError(f"hidden_size {config.hidden_size} is not divisible by "
+                         f"num_attention_heads {config.num_attention_heads}")
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,6 @@ class BertConfig:
                     "intermediate_size", "max_position_embeddings", "type_vocab_size")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
 
     @property
     def head_size(self) -> int:
@@ -111,8 +112,7 @@ class BertLayer(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         c, eps = config.hidden_size, config.layer_norm_eps
-        self.attention = MultiHeadAttention(c, config.num_attention_heads,
-                                            config.attention_probs_dropout_prob)
+        self.attention = SelfAttention(c, config.num_attention_heads, config.attention_probs_dropout_prob)
         self.attention_norm = nn.LayerNorm(c, eps=eps)
         self.intermediate = nn.Linear(c, config.intermediate_size)
         self.output = nn.Linear(config.intermediate_size, c)
@@ -120,11 +120,12 @@ class BertLayer(nn.Module):
         self.act = ACTIVATIONS[config.hidden_act]
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, real: torch.Tensor, mask: torch.Tensor, fused: bool = True) -> torch.Tensor:
-        """x (N, C): the N real tokens of the batch, packed; real (B, S) bool marks where they sit."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """x (N, C): the N real tokens of the batch, packed; real (B, S) bool marks where they sit
+        and mask (B, 1, 1, S) is the same as a key mask."""
         # Only the attention scores need the (B, S) grid, to know which tokens share a sentence;
         # every matmul, projections included, works on the real tokens alone (see attention.py).
-        h, _ = self.attention(x, mask, fused=fused, real=real)  # (N, C)
+        h, _ = self.attention(x, mask, real=real)  # (N, C)
         # Post-LN: the residual sum is normalised after each sublayer (BERT, not pre-LN GPT-2).
         x = self.attention_norm(x + self.dropout(h))  # (N, C)
         h = self.output(self.act(self.intermediate(x)))  # (N, F) -> (N, C)
@@ -144,31 +145,36 @@ class BertModel(nn.Module):
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         self.apply(init_weights)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, fused: bool = True) -> torch.Tensor:
-        """input_ids (B, S) int64 -> last hidden states H (B, S, C).
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, stop: int | None = None) -> torch.Tensor:
+        """input_ids (B, S) int64 -> last hidden states H (B, S, C), zeros at padding positions.
 
-        attention_mask (B, S): 1/True for real tokens, 0/False for padding (the official
-        convention); None means every token is real, as in BERT's own code. token_type_ids (B, S): segment ids,
-        None means all zeros. Hidden states at padding positions are zeros.
+        mask: the real tokens as a key mask, padding_mask(input_ids, pad_id) (B, 1, 1, S) bool;
+        None means every token is real, as in BERT's own code. (Hugging Face's attention_mask of
+        1s and 0s is padding_mask(attention_mask, 0).) token_type_ids (B, S): segment ids, None
+        means all zeros. stop: run only layers 0..stop-1 and return their output (a frozen
+        bottom whose output is computed once; `run_layers` continues from it).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, S), got shape {tuple(input_ids.shape)}")
         if input_ids.size(1) > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {input_ids.size(1)} exceeds "
                              f"max_position_embeddings {self.config.max_position_embeddings}")
+        if mask is None:
+            mask = padding_mask(torch.ones_like(input_ids), 0)  # (B, 1, 1, S), all True
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, S, C)
+        return self.run_layers(self.embeddings(input_ids, token_type_ids), mask, 0, stop)  # (B, S, C)
+
+    def run_layers(self, x: torch.Tensor, mask: torch.Tensor, start: int = 0, stop: int | None = None,
+                   ) -> torch.Tensor:
+        """Layers start..stop-1 on x (B, S, C), the output of the layers below -> (B, S, C)."""
         # Pack the real tokens: the dense layers, most of the work, then skip the padding
         # (a quarter of the tokens in a typical length-sorted batch).
-        real = mask[:, 0, 0]  # (B, S)
+        real = mask[:, 0, 0]  # (B, S): the key mask read as the batch's layout
         x = x[real]  # (N, C)
-        for layer in self.layers:
-            x = layer(x, real, mask, fused=fused)  # (N, C)
+        for layer in self.layers[start:stop]:
+            x = layer(x, mask, real)  # (N, C)
         return to_grid(x, real)  # (B, S, C), zeros at padding
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minibert.attention import KVCache, MultiHeadAttention, causal_mask
+from minibert.attention import CrossAttention, KVCache, SelfAttention, causal_mask, reference_attention
 from minibert.bert import check_sizes, init_weights
 
 
@@ -35,9 +35,6 @@ class DecoderConfig:
     def __post_init__(self):
         check_sizes(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                     "intermediate_size", "max_position_embeddings")
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
 
     @property
     def head_size(self) -> int:
@@ -45,17 +42,29 @@ class DecoderConfig:
 
 
 @dataclass
-class DecoderCache:
-    """Everything incremental decoding keeps between steps, passed in and returned.
+class Memory:
+    """H' as the decoder's cross-attention reads it, computed once per source (`read_memory`).
 
-    self_kv: per layer, the self-attention keys and values, growing by one position a step.
-    memory_kv: per layer, the cross-attention keys and values of H', computed once per source.
-    memory_mask: (B, 1, 1, S) bool, the real source positions; None when no source in the batch
-        has padding, so cross-attention then needs no mask at all.
+    kv: per layer, the cross-attention keys and values, (B, H, S, D) each.
+    mask: (B, 1, 1, S) bool, the real source positions; None when no source has padding, so
+        cross-attention then needs no mask at all.
     """
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    mask: torch.Tensor | None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index`, e.g. the unfinished sentences, or K beams of each source."""
+        self.kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.kv]
+        if self.mask is not None:
+            self.mask = self.mask.index_select(0, index)
+
+
+@dataclass
+class DecoderCache:
+    """Everything incremental decoding keeps between steps, passed in and returned: the memory,
+    and per layer the self-attention keys and values, growing by one position a step."""
+    memory: Memory
     self_kv: list[KVCache]
-    memory_kv: list[tuple[torch.Tensor, torch.Tensor]]
-    memory_mask: torch.Tensor | None
 
     @property
     def length(self) -> int:
@@ -63,14 +72,12 @@ class DecoderCache:
 
     def reorder(self, index: torch.Tensor, memory: bool = True) -> None:
         """Keep batch rows `index`: the parent beam of each survivor, or the unfinished rows.
-        memory=False leaves the keys and values of H' alone, for when every row keeps its source (a
-        beam's parent is always a beam of the same sentence): that saves copying them each step."""
+        memory=False leaves H' alone, for when every row keeps its source (a beam's parent is
+        always a beam of the same sentence): that saves copying its keys and values each step."""
         for kv in self.self_kv:
             kv.reorder(index)
         if memory:
-            self.memory_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv]
-            if self.memory_mask is not None:
-                self.memory_mask = self.memory_mask.index_select(0, index)
+            self.memory.reorder(index)
 
 
 class DecoderLayer(nn.Module):
@@ -84,25 +91,23 @@ class DecoderLayer(nn.Module):
         super().__init__()
         c, h, eps, p = config.hidden_size, config.num_attention_heads, config.layer_norm_eps, config.dropout
         self.attention_norm = nn.LayerNorm(c, eps=eps)
-        self.attention = MultiHeadAttention(c, h, dropout=p)
+        self.attention = SelfAttention(c, h, dropout=p)
         self.cross_attention_norm = nn.LayerNorm(c, eps=eps)
-        self.cross_attention = MultiHeadAttention(c, h, dropout=p, cross=True)
+        self.cross_attention = CrossAttention(c, h, dropout=p)
         self.ffn_norm = nn.LayerNorm(c, eps=eps)
         self.intermediate = nn.Linear(c, config.intermediate_size)
         self.output = nn.Linear(config.intermediate_size, c)
         self.dropout = nn.Dropout(p)
 
-    def forward(self, x: torch.Tensor, self_mask: torch.Tensor,
-                memory_kv: tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor,
-                cache: KVCache | None = None, fused: bool = True, real: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, self_mask: torch.Tensor | None, memory_kv: tuple[torch.Tensor, torch.Tensor],
+                memory_mask: torch.Tensor | None, cache: KVCache | None = None, real: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, T, C) -> (B, T, C), plus the cross-attention probabilities when fused=False.
+        """x (B, T, C) -> (B, T, C), and the cross-attention probabilities on the reference path.
         With real (B, T) bool, x holds only those tokens, packed (N, C) -> (N, C)."""
-        h, _ = self.attention(self.attention_norm(x), self_mask, cache=cache, fused=fused, real=real)
+        h, _ = self.attention(self.attention_norm(x), self_mask, cache=cache, real=real)
         x = x + self.dropout(h)  # (B, T, C)
         # The only place the decoder sees the source: queries from the target, keys/values from H'.
-        h, probs = self.cross_attention(self.cross_attention_norm(x), memory_mask,
-                                        memory_kv=memory_kv, fused=fused, real=real)
+        h, probs = self.cross_attention(self.cross_attention_norm(x), memory_kv, memory_mask, real=real)
         x = x + self.dropout(h)  # (B, T, C)
         h = self.output(F.gelu(self.intermediate(self.ffn_norm(x))))  # (B, T, F) -> (B, T, C)
         return x + self.dropout(h), probs
@@ -119,12 +124,19 @@ class TransformerDecoder(nn.Module):
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.apply(init_weights)  # BERT's initialisation, see bert.py
 
-    def run_layers(self, tokens: torch.Tensor, start: int, self_mask: torch.Tensor | None,
-                   memory_kv: list, memory_mask: torch.Tensor | None, caches: list | None, fused: bool,
-                   real: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
-        """Shared body of `forward` and `step`: tokens (B, T) at positions start.. -> the final,
-        normalised hidden states (B, T, C) and each layer's cross-attention probabilities.
-        With real (B, T) bool, only those positions are computed and returned, packed (N, C)."""
+    def read_memory(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> Memory:
+        """Every layer's cross-attention keys and values of H' (B, S, C), with its mask (B, 1, 1, S)."""
+        kv = [layer.cross_attention.project_memory(memory) for layer in self.layers]
+        # No source padded: cross-attention needs no mask (saves a few small ops a layer and step).
+        return Memory(kv, None if memory_mask.all() else memory_mask)
+
+    def run_layers(self, tokens: torch.Tensor, start: int, self_mask: torch.Tensor | None, memory: Memory,
+                   self_kv: list[KVCache] | None = None, real: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, list]:
+        """The body shared by the teacher-forced pass and the decoding step: tokens (B, T) at
+        positions start.. -> the final, normalised hidden states (B, T, C), and each layer's
+        cross-attention probabilities (reference path only). With real (B, T) bool, only those
+        positions are computed and returned, packed (N, C)."""
         t = tokens.size(1)
         if start + t > self.config.max_position_embeddings:
             raise ValueError(f"target length {start + t} exceeds the decoder's "
@@ -134,8 +146,8 @@ class TransformerDecoder(nn.Module):
         x = x[real] if real is not None else x  # (N, C) when packed
         all_probs = []
         for i, layer in enumerate(self.layers):
-            cache = caches[i] if caches is not None else None
-            x, probs = layer(x, self_mask, memory_kv[i], memory_mask, cache=cache, fused=fused, real=real)
+            cache = self_kv[i] if self_kv is not None else None
+            x, probs = layer(x, self_mask, memory.kv[i], memory.mask, cache=cache, real=real)
             all_probs.append(probs)
         return self.final_norm(x), all_probs
 
@@ -145,53 +157,45 @@ class TransformerDecoder(nn.Module):
         return F.linear(h, self.word_embeddings.weight)
 
     def hidden(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
-               fused: bool = True, real: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced pass up to the output layer: tgt_in (B, T) -> hidden states (B, T, C).
-
-        real (B, T) bool, a prefix of each row: compute only those positions and return them
-        packed, (N, C). Training passes the positions it scores, so the dense layers and the
-        output projection skip the padding (model.py).
-        """
+               real: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced pass up to the output layer. tgt_in (B, T) int64 target tokens so far
+        ([BOS] y_1 ...), memory H' (B, S, C), memory_mask (B, 1, 1, S) bool -> hidden states
+        (B, T, C). real (B, T) bool, a prefix of each row: compute only those positions and
+        return them packed, (N, C); training passes the positions it scores (model.py)."""
         t = tgt_in.size(1)
         # Targets are right-padded, so the causal mask alone already keeps every real query
         # away from padding keys (they all lie in its future); padded queries are not scored.
         self_mask = causal_mask(t, t, device=tgt_in.device)  # (T, T)
-        memory_kv = [layer.cross_attention.project_memory(memory) for layer in self.layers]
-        h, _ = self.run_layers(tgt_in, 0, self_mask, memory_kv, memory_mask, None, fused, real)
+        h, _ = self.run_layers(tgt_in, 0, self_mask, self.read_memory(memory, memory_mask), real=real)
         return h
 
-    def forward(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
-                fused: bool = True) -> torch.Tensor:
-        """Teacher-forced pass. tgt_in (B, T) int64 target tokens so far ([BOS] y_1 ...),
-        memory H' (B, S, C), memory_mask (B, 1, 1, S) bool, True = real source token.
-        Returns logits (B, T, V) for the next token at every position.
-        """
-        return self.project(self.hidden(tgt_in, memory, memory_mask, fused))
+    def forward(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) for the next token at every position (see `hidden`)."""
+        return self.project(self.hidden(tgt_in, memory, memory_mask))
+
+    def cross_attention_probs(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+                              ) -> list[torch.Tensor]:
+        """Each layer's cross-attention probabilities (B, H, T, S) in a teacher-forced pass, for pictures."""
+        t = tgt_in.size(1)
+        with reference_attention(self):
+            _, probs = self.run_layers(tgt_in, 0, causal_mask(t, t, device=tgt_in.device),
+                                       self.read_memory(memory, memory_mask))
+        return probs
 
     def start(self, memory: torch.Tensor, memory_mask: torch.Tensor, max_len: int) -> DecoderCache:
         """A fresh cache for decoding up to max_len tokens from memory H' (B, S, C)."""
-        b = memory.size(0)
-        cfg = self.config
+        b, cfg = memory.size(0), self.config
         self_kv = [KVCache(b, cfg.num_attention_heads, max_len, cfg.head_size, memory.device, memory.dtype)
                    for _ in self.layers]
-        # Cross-attention keys and values depend only on the source: compute them once here.
-        memory_kv = [layer.cross_attention.project_memory(memory) for layer in self.layers]
-        return DecoderCache(self_kv, memory_kv, None if memory_mask.all() else memory_mask)
+        return DecoderCache(self.read_memory(memory, memory_mask), self_kv)
 
-    def step(self, tokens: torch.Tensor, cache: DecoderCache, fused: bool = True,
-             ) -> tuple[torch.Tensor, DecoderCache, list]:
+    def step(self, tokens: torch.Tensor, cache: DecoderCache) -> tuple[torch.Tensor, DecoderCache]:
         """Decode the next tokens (B, T) (usually T = 1) after those already in the cache.
-
-        Returns logits (B, T, V), the cache (now T positions longer) and, when fused=False, each
-        layer's cross-attention probabilities (B, H, T, S).
-        """
+        Returns logits (B, T, V) and the cache, now T positions longer."""
         start, t = cache.length, tokens.size(1)
-        # One new token may see every cached one, so the usual step needs no self-attention mask;
-        # nor does cross-attention when no source in the batch has padding. Each mask skipped
-        # saves a handful of small tensor ops per layer, and at batch 1 those cost as much as
-        # the matmuls (benchmarks/generate.py).
+        # One new token may see every cached one, so the usual step needs no self-attention mask.
+        # Each mask skipped saves a handful of small tensor ops per layer, and at batch 1 those
+        # cost as much as the matmuls (benchmarks/generate.py).
         self_mask = causal_mask(t, start + t, device=tokens.device) if t > 1 else None  # (T, S_self)
-        h, probs = self.run_layers(tokens, start, self_mask, cache.memory_kv, cache.memory_mask, cache.self_kv,
-                                   fused)
-        return self.project(h), cache, probs
-
+        h, _ = self.run_layers(tokens, start, self_mask, cache.memory, cache.self_kv)
+        return self.project(h), cache

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minibert.attention import KVCache, MultiHeadAttention, attend, causal_mask, padding_mask
+from minibert.attention import CrossAttention, KVCache, SelfAttention, attend, causal_mask, padding_mask
 
 FAST = settings(max_examples=30, deadline=None)
 
@@ -82,7 +82,7 @@ def test_padding_mask_marks_real_tokens():
 @given(st.integers(1, 3), st.integers(1, 9), st.integers(0, 2**16))
 def test_cached_self_attention_matches_full_causal(b, t, seed):
     torch.manual_seed(seed)
-    attn = MultiHeadAttention(width=18, n_heads=3).eval()
+    attn = SelfAttention(width=18, n_heads=3).eval()
     x = torch.randn(b, t, 18)
     full, _ = attn(x, causal_mask(t, t))
     cache = KVCache(b, 3, t, 6, x.device, x.dtype)
@@ -99,6 +99,6 @@ def test_kv_cache_rejects_overflow():
 
 
 def test_cross_attention_needs_memory():
-    attn = MultiHeadAttention(width=12, n_heads=2, cross=True)
-    with pytest.raises(ValueError, match="memory_kv"):
+    attn = CrossAttention(width=12, n_heads=2)
+    with pytest.raises(TypeError, match="memory_kv"):  # no argument is silently optional
         attn(torch.randn(1, 3, 12))

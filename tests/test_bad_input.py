@@ -14,6 +14,7 @@ import torch
 import generate
 import train
 from conftest import FIXTURES, ROOT, TINY_MODEL, TINY_VOCAB, one_line_error, run, tiny_translator
+from minibert.attention import padding_mask
 from minibert.checkpoint import LOCK, load_translator, lock_run_folder
 from minibert.files import CheckpointError, DataError
 from minibert.tokenizer import load_bert_tokenizer, train_source_tokenizer, train_target_tokenizer
@@ -264,21 +265,27 @@ def test_bert_none_vocabulary_is_the_same_in_every_process(data):
     assert len(vocabs) == 1 and len(json.loads(vocabs.pop())) > 20
 
 
-def test_cached_encoder_output_equals_the_live_encoder(capsys):
-    """The default path (frozen BERT): H computed once per sentence and padded again per batch
-    gives the same H, and the same loss, as running BERT on the batch."""
+@pytest.mark.parametrize("unfreeze_top", [0, 1])
+def test_cached_encoder_output_equals_the_live_encoder(unfreeze_top):
+    """The default path (frozen BERT): the frozen layers' output computed once per sentence and
+    padded again per batch gives the same H, and the same loss, as running BERT on the batch;
+    also when BERT's top layer still trains on top of the cache."""
     model = tiny_translator()
+    model.freeze_encoder(train_top=unfreeze_top)
+    assert model.cached_layers == 2 - unfreeze_top
     src_ids = [[2, 5, 9, 3], [2, 7, 3], [2, 4, 4, 8, 11, 6, 3], [2, 3]]
     tgt_ids = [[1, 5, 6, 2], [1, 7, 2], [1, 9, 9, 9, 2], [1, 2]]
     split = train.Split(["x"] * 4, ["y"] * 4, src_ids, tgt_ids)
-    train.encode_sources(model.encoder, split, torch.device("cpu"), max_tokens=12)
+    train.encode_sources(model.encoder, split, torch.device("cpu"), max_tokens=12, stop=model.cached_layers)
     assert [h.shape[0] for h in split.encoded] == [4, 3, 7, 2]
     src, tgt, cached = train.collate(model, split, [2, 0, 3], torch.device("cpu"))
+    model.eval()
     with torch.no_grad():
-        live = model.encoder(src, src != 0)
-        torch.testing.assert_close(cached, live, atol=1e-6, rtol=1e-6)
-        _, loss_cached = model(src, tgt[:, :-1], tgt[:, 1:], encoder_out=cached)
-        _, loss_live = model(src, tgt[:, :-1], tgt[:, 1:])
+        live = model.encoder(src, padding_mask(src, 0))
+        torch.testing.assert_close(model.encoder.run_layers(cached, padding_mask(src, 0), model.cached_layers), live,
+                                   atol=1e-6, rtol=1e-6)
+        loss_cached = model(src, tgt[:, :-1], tgt[:, 1:], cached=cached)
+        loss_live = model(src, tgt[:, :-1], tgt[:, 1:])
     torch.testing.assert_close(loss_cached, loss_live, atol=1e-6, rtol=1e-6)
 
 

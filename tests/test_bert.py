@@ -4,6 +4,7 @@ padding never changes the states of real tokens."""
 
 import json
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from conftest import FIXTURES, SRC_VOCAB, tiny_bert
+from minibert.attention import padding_mask, reference_attention
 from minibert.bert import ACTIVATIONS
 from minibert.convert import load_pretrained_bert
 
@@ -29,7 +31,7 @@ def test_converted_tiny_checkpoint_matches_reference(name):
     ref = load_file(FIXTURES / f"{name}_reference.safetensors")
     model = load_pretrained_bert(FIXTURES / name)
     with torch.no_grad():
-        hidden = model(ref["input_ids"], ref["attention_mask"], ref["token_type_ids"])
+        hidden = model(ref["input_ids"], padding_mask(ref["attention_mask"], 0), ref["token_type_ids"])
         pooled = model.pool(hidden)
     assert hidden.shape == ref["hidden"].shape
     assert max_diff_at_real_positions(hidden, ref["hidden"], ref["attention_mask"]) < 1e-5
@@ -83,8 +85,8 @@ def test_converted_minilm_matches_reference_padded_batches(minilm_dir, batch, fu
     ref = load_file(FIXTURES / "minilm_reference.safetensors")
     model = load_pretrained_bert(minilm_dir)
     mask = ref[f"{batch}_attention_mask"]
-    with torch.no_grad():
-        hidden = model(ref[f"{batch}_input_ids"], mask, ref[f"{batch}_token_type_ids"], fused=fused)
+    with torch.no_grad(), reference_attention(model) if not fused else nullcontext():
+        hidden = model(ref[f"{batch}_input_ids"], padding_mask(mask, 0), ref[f"{batch}_token_type_ids"])
     assert max_diff_at_real_positions(hidden, ref[f"{batch}_hidden"], mask) < 1e-5
     if batch == "batch":
         with torch.no_grad():
@@ -102,10 +104,9 @@ def test_encoder_padding_invariance(lengths, extra, seed):
     ids = torch.randint(1, SRC_VOCAB, (len(lengths), s + extra), generator=g)
     for row, n in enumerate(lengths):
         ids[row, n:] = 0  # right padding with the pad id
-    mask = ids != 0  # (B, S)
     with torch.no_grad():
-        short = model(ids[:, :s], mask[:, :s])
-        long = model(ids, mask)
+        short = model(ids[:, :s], padding_mask(ids[:, :s], 0))
+        long = model(ids, padding_mask(ids, 0))
     assert not long.isnan().any()
     for row, n in enumerate(lengths):
         torch.testing.assert_close(long[row, :n], short[row, :n], atol=1e-5, rtol=1e-5)

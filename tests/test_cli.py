@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -174,13 +175,25 @@ def test_generate_gives_one_line_per_input_line(trained, tmp_path):
     lines = out.read_text(encoding="utf-8").split("\n")
     assert len(lines) == 4 and lines[3] == ""  # three lines, newline-terminated
     assert lines[1] == "" and " ||| " in lines[0]
-    stdin = run("generate.py", "--checkpoint", trained, input="a dog.\n\n")
-    alone = run("generate.py", "--checkpoint", trained, "a dog.").stdout
-    assert alone.strip() and stdin.stdout == alone + "\n"  # the sentence's translation, then a blank line
-    blank = run("generate.py", "--checkpoint", trained, input=" \n\n")
-    assert blank.stdout == "\n\n" and not blank.stderr
-    args = run("generate.py", "--checkpoint", trained, "--sample", "--top-p", "0.9", "the cat.", "a dog.")
-    assert len(args.stdout.splitlines()) == 2
+    # The rest in-process (the same main(), without starting Python each time).
+    stdin = generate_in_process(["--checkpoint", trained], "a dog.\n\n")
+    alone = generate_in_process(["--checkpoint", trained, "a dog."])
+    assert alone.strip() and stdin == alone + "\n"  # the sentence's translation, then a blank line
+    assert generate_in_process(["--checkpoint", trained], " \n\n") == "\n\n"
+    sampled = generate_in_process(["--checkpoint", trained, "--sample", "--top-p", "0.9", "the cat.", "a dog."])
+    assert len(sampled.splitlines()) == 2
+
+
+def generate_in_process(argv: list, stdin: str = "") -> str:
+    """What generate.py writes to standard output for argv and the given standard input."""
+    import io
+
+    import generate
+    out = io.StringIO()
+    with mock.patch.object(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode()))), \
+            mock.patch.object(sys, "stdout", out):
+        generate.main([str(a) for a in argv])
+    return out.getvalue()
 
 
 def test_generate_draws_the_cross_attention(trained, tmp_path):
