@@ -16,7 +16,7 @@ import math
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -79,6 +79,9 @@ class TrainConfig:
     weight_decay: float = flag(0.01, "AdamW weight decay", at_least(0))
     label_smoothing: float = flag(0.1, "label smoothing of the training loss", fraction)
     clip: float = flag(1.0, "gradient norm clipping", above(0))
+    ema: float = flag(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. "
+                      "0.999) and validate, save and test it: a cheap stand-in for averaging the last "
+                      "checkpoints; 0 = off", fraction)
     seed: int = flag(0, "random seed: initialisation, dropout and data order", at_least(0))
     beam: int = flag(1, "beam size for validation and test BLEU (1 = greedy)", at_least(1))
     save_every: int = flag(500, "steps between mid-epoch checkpoints; 0 = only at epoch ends", at_least(0))
@@ -324,6 +327,50 @@ def read_trainer_state(run_dir: Path) -> dict:
 
 
 # -----------------------------------------------------------------------------
+# weight averaging (only with --ema; a reader may skip this block)
+
+
+class WeightAverage:
+    """An exponential moving average of the trainable weights (Polyak averaging): after each
+    optimiser step, average += (1 - d) (weights - average). The decay d warms up as
+    min(decay, (1 + step) / (10 + step)), so the random start does not linger in the average."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.average = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for a, p in zip(self.average, self.params):
+            a.lerp_(p, 1 - d)
+
+    @contextmanager
+    def applied(self):
+        """The model with the averaged weights in place of its own, for validating and saving."""
+        own = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, a in zip(self.params, self.average):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, o in zip(self.params, own):
+                    p.copy_(o)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.average))
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if not isinstance(state, dict) or list(state) != self.names:
+            raise ValueError("the saved weight average does not match the model's trainable weights")
+        self.average = [state[n].to(a.device, a.dtype) for n, a in zip(self.names, self.average)]
+
+
+# -----------------------------------------------------------------------------
 # the training state, and saving it
 
 
@@ -355,6 +402,7 @@ class Run:
     tgt_tok: object
     splits: dict[str, Split]
     state: TrainState
+    average: WeightAverage | None = None  # with --ema
 
 
 def autocast(run: Run):
@@ -370,7 +418,8 @@ def save(run: Run) -> None:
         return
     weights = run.model.state_dict()
     save_weights(run.run_dir / "last.safetensors", weights)
-    save_torch(run.run_dir / "trainer_state.pt", {**asdict(run.state), "model": weights,
+    average = run.average.state_dict() if run.average else None
+    save_torch(run.run_dir / "trainer_state.pt", {**asdict(run.state), "model": weights, "average": average,
                                                   "optimizer": run.optimizer.state_dict(),
                                                   "rng": torch.get_rng_state()})
 
@@ -456,18 +505,17 @@ def claim_run_folder(cfg: TrainConfig, run_dir: Path):
 def start(cfg: TrainConfig, run_dir: Path, device: torch.device, world: int) -> Run | None:
     """Build or restore everything the loop needs; None when a resumed run has nothing left to do."""
     torch.manual_seed(cfg.seed)
+    saved = read_trainer_state(run_dir) if cfg.resume else None
+    state = TrainState(**{f.name: saved[f.name] for f in fields(TrainState) if f.name in saved}) if saved else TrainState()
+    if saved and not check_resumable(cfg, run_dir, state):
+        return None
     paths = find_splits(cfg.data, cfg.src, cfg.tgt)
     texts = {name: read_parallel(*p) for name, p in paths.items()}  # every file checked before anything is built
-    saved = read_trainer_state(run_dir) if cfg.resume else None
     if saved is None:
         model, src_tok, tgt_tok, config = new_translator(cfg, *texts["train"])
-        state = TrainState()
     else:
         model, src_tok, tgt_tok = open_run(run_dir)
         load_state(model, saved["model"], str(run_dir / "trainer_state.pt"))
-        state = TrainState(**{f.name: saved[f.name] for f in fields(TrainState) if f.name in saved})
-        if not check_resumable(cfg, run_dir, state):
-            return None
         log(f"resuming at epoch {state.epoch + 1}, step {state.step}")
     if cfg.unfreeze_top > len(model.encoder.layers):
         raise DataError(f"--unfreeze-top {cfg.unfreeze_top}: the encoder has only {len(model.encoder.layers)} layers")
@@ -482,7 +530,8 @@ def start(cfg: TrainConfig, run_dir: Path, device: torch.device, world: int) -> 
     if world > 1:  # DDP averages gradients across processes after each backward
         train_model = torch.nn.parallel.DistributedDataParallel(train_model)
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device.type == "cuda" else torch.float32
-    run = Run(cfg, run_dir, device, dtype, model, train_model, optimizer, src_tok, tgt_tok, splits, state)
+    run = Run(cfg, run_dir, device, dtype, model, train_model, optimizer, src_tok, tgt_tok, splits, state,
+              WeightAverage(model, cfg.ema) if cfg.ema else None)
     if saved is None:
         state.total = min(cfg.max_steps or math.inf, cfg.epochs * steps_per_epoch(run, world))
         if is_main():
@@ -538,6 +587,8 @@ def restore(run: Run, saved: dict) -> None:
     try:
         run.optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["rng"])
+        if run.average:
+            run.average.load_state_dict(saved["average"])
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{run.run_dir / 'trainer_state.pt'}: does not fit this run's model "
                               f"({type(e).__name__}: {e})") from None
@@ -570,6 +621,8 @@ def train_step(run: Run, batches: list[list[int]]) -> tuple[float, int]:
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
+    if run.average:
+        run.average.update(state.step)
     return loss_sum, tokens
 
 
@@ -608,19 +661,21 @@ def validate_and_save(run: Run, interrupt: Interrupt) -> None:
     """Validation scores, the best weights so far (model.safetensors) and a resumable checkpoint."""
     state = run.state
     if is_main():
-        with autocast(run):
-            m = evaluate(run.model, run.splits["valid"], run.src_tok, run.tgt_tok, run.cfg, run.device)
+        with run.average.applied() if run.average else nullcontext():  # --ema: the averaged weights
+            with autocast(run):
+                m = evaluate(run.model, run.splits["valid"], run.src_tok, run.tgt_tok, run.cfg, run.device)
+            with interrupt.deferred():
+                epoch = state.epoch + (state.batch > 0)  # the epoch this step belongs to, counting from 1
+                m.update(split="valid", epoch=epoch, step=state.step, minutes=state.elapsed / 60)
+                state.metrics.append(m)
+                report(f"epoch {epoch} step {state.step}: valid loss {m['loss']:.3f} ppl {m['ppl']:.2f} "
+                       f"BLEU {m['bleu']:.1f} chrF {m['chrf']:.1f}  ({m['bleu_signature']})")
+                for src_line, hyp, ref in m["samples"]:
+                    report(f"  src: {src_line}\n  out: {hyp}\n  ref: {ref}")
+                if m["bleu"] > state.best_bleu:
+                    state.best_bleu = m["bleu"]
+                    save_weights(run.run_dir / "model.safetensors", run.model.state_dict())
         with interrupt.deferred():
-            epoch = state.epoch + (state.batch > 0)  # the epoch this step belongs to, counting from 1
-            m.update(split="valid", epoch=epoch, step=state.step, minutes=state.elapsed / 60)
-            state.metrics.append(m)
-            report(f"epoch {epoch} step {state.step}: valid loss {m['loss']:.3f} ppl {m['ppl']:.2f} "
-                   f"BLEU {m['bleu']:.1f} chrF {m['chrf']:.1f}  ({m['bleu_signature']})")
-            for src_line, hyp, ref in m["samples"]:
-                report(f"  src: {src_line}\n  out: {hyp}\n  ref: {ref}")
-            if m["bleu"] > state.best_bleu:
-                state.best_bleu = m["bleu"]
-                save_weights(run.run_dir / "model.safetensors", run.model.state_dict())
             state.validated = state.step
             save_jsonl(run.run_dir / "metrics.jsonl", state.metrics)
             save(run)

@@ -149,7 +149,7 @@ def test_resume_after_sigkill_with_a_frozen_pretrained_encoder(tmp_path, data):
     bert = tmp_path / "bert"
     shutil.copytree(FIXTURES / "tiny_bert_tanh", bert)
     (bert / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
-    args = ["--data", data, "--epochs", "2", "--save-every", "3", "--bert", bert, *TINY_MODEL[2:]]
+    args = ["--data", data, "--epochs", "1", "--save-every", "3", "--bert", bert, *TINY_MODEL[2:]]
     run("train.py", "--out", tmp_path / "whole", *args)
     steps = json.loads((tmp_path / "whole" / "metrics.json").read_text())["steps"]
     out = tmp_path / "killed"
@@ -275,3 +275,24 @@ def test_unwritable_output_folder(tmp_path, data):
 def test_resume_without_a_run_is_an_error(tmp_path):
     line = one_line_error(run("train.py", "--out", tmp_path / "empty", "--resume", check=False))
     assert "nothing to resume" in line
+
+
+def test_weight_average_is_what_validation_saves_and_resume_keeps(tmp_path, data):
+    import train
+    model = torch.nn.Linear(3, 2)
+    average = train.WeightAverage(model, decay=0.5)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    average.update(step=100)  # d = min(0.5, 101 / 110) = 0.5: halfway to the new weights
+    torch.testing.assert_close(average.state_dict()["weight"], start + 0.5)
+    with average.applied():
+        torch.testing.assert_close(model.weight, start + 0.5)
+    torch.testing.assert_close(model.weight, start + 1.0)  # the model's own weights are back
+    out = tmp_path / "ema"
+    train.main(["--data", str(data), "--out", str(out), "--max-steps", "8", "--ema", "0.9", *TINY_MODEL])
+    saved = torch.load(out / "trainer_state.pt", weights_only=True)
+    best, last = load_file(out / "model.safetensors"), load_file(out / "last.safetensors")
+    name = "decoder.layers.0.intermediate.weight"
+    torch.testing.assert_close(best[name], saved["average"][name])  # validated and saved: the average
+    assert not torch.equal(best[name], last[name])
