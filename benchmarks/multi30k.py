@@ -4,12 +4,12 @@ Trains English->German translators on Multi30k (29,000 training pairs), each for
 wall-clock budget on the same machine, one after another and alone (a busy machine makes a
 time budget meaningless), and prints validation BLEU against minutes, then draws the curves.
 
-    python -m benchmarks.multi30k --minutes 20 old bf16 wide      # rank candidates
-    python -m benchmarks.multi30k --minutes 60 recipe             # the full run
+    python -m benchmarks.multi30k --minutes 20 old bf16 wide bf16-ema bf16-ema-top2   # rank candidates
+    python -m benchmarks.multi30k --minutes 60 old recipe                             # the full runs
 
 Runs go to runs/multi30k/<name>-<minutes>m/; a finished run is read, not retrained. Outputs:
-benchmarks/results/multi30k.md and multi30k.png. The data folder defaults to ../shared/data/multi30k
-(see the README for how to fetch Multi30k).
+benchmarks/results/multi30k-<minutes>m.md and .png. The data folder defaults to
+../shared/data/multi30k (see the README for how to fetch Multi30k).
 """
 
 import argparse
@@ -40,6 +40,7 @@ CANDIDATES |= {
     "bf16-ema": [*BF16, "--ema", "0.999"],
     "bf16-ema-top2": [*BF16, "--ema", "0.999", "--unfreeze-top", "2", "--encoder-lr-scale", "0.1"],
 }
+CANDIDATES["recipe"] = CANDIDATES["bf16-ema-top2"]  # what the README's Multi30k command uses
 
 
 def train(name: str, minutes: float, data: Path, runs: Path) -> Path:
@@ -81,8 +82,9 @@ def main() -> None:
                        "|---|---|---:|---:|---:|---:|", *rows]) + "\n"
     print(table)
     args.results.mkdir(parents=True, exist_ok=True)
-    save_text(args.results / "multi30k.md", f"{args.minutes:g} minutes each, `python -m benchmarks.multi30k`\n\n{table}")
-    plot_curves(curves, args.results / "multi30k.png", title=f"Multi30k en->de, {args.minutes:g} minutes each",
+    name = f"multi30k-{args.minutes:g}m"
+    save_text(args.results / f"{name}.md", f"{args.minutes:g} minutes each, `python -m benchmarks.multi30k`\n\n{table}")
+    plot_curves(curves, args.results / f"{name}.png", title=f"Multi30k en->de, {args.minutes:g} minutes each",
                 x="minutes")
     print(json.dumps({"benchmark": "multi30k", "minutes": args.minutes, "rows": rows}))
 

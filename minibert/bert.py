@@ -169,11 +169,14 @@ class BertModel(nn.Module):
     def run_layers(self, x: torch.Tensor, mask: torch.Tensor, start: int = 0, stop: int | None = None,
                    ) -> torch.Tensor:
         """Layers start..stop-1 on x (B, S, C), the output of the layers below -> (B, S, C)."""
+        layers = self.layers[start:stop]
+        if len(layers) == 0:  # e.g. a frozen encoder's cached output: nothing left to run
+            return x
         # Pack the real tokens: the dense layers, most of the work, then skip the padding
         # (a quarter of the tokens in a typical length-sorted batch).
         real = mask[:, 0, 0]  # (B, S): the key mask read as the batch's layout
         x = x[real]  # (N, C)
-        for layer in self.layers[start:stop]:
+        for layer in layers:
             x = layer(x, mask, real)  # (N, C)
         return to_grid(x, real)  # (B, S, C), zeros at padding
 

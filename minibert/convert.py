@@ -9,7 +9,8 @@ shape is checked. MLM/NSP heads, optimiser slots and `position_ids` are dropped 
 Pickles are never executed (weights_only=True). Textbook: Xiao & Zhu, ch. 1 (reusing a
 pre-trained BERT means loading its exact weights). Left out: TF2 object-based checkpoints.
 
-CLI: python -m minibert.convert SRC DST   writes DST/model.safetensors, config.json, vocabulary.
+CLI: python -m minibert.convert SRC DST   writes DST/model.safetensors, config.json, the vocabulary
+and tokenizer_config.json (its casing).
 """
 
 import argparse
@@ -23,9 +24,10 @@ import torch
 from safetensors.torch import load_file
 
 from minibert.bert import BertConfig, BertModel
-from minibert.download import resolve_checkpoint
+from minibert.download import DownloadError, resolve_checkpoint
 from minibert.files import CheckpointError, atomic_write, read_json, save_json, save_weights
 from minibert.tf_checkpoint import find_tf_prefix, read_tf_checkpoint
+from minibert.tokenizer import load_bert_tokenizer
 
 # Hugging Face name -> minibert name. `{}` is the layer index. Linear weights are (out, in) in
 # both, so nothing is transposed.
@@ -263,20 +265,26 @@ def load_pretrained_bert(path: str | Path, pooler: bool = True) -> BertModel:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Convert an official BERT checkpoint to minibert's layout.")
-    parser.add_argument("src", type=Path, help="Hugging Face BERT folder (config.json + weights)")
+    parser.add_argument("src", help="checkpoint: Hugging Face folder, Google's TensorFlow folder or "
+                                    "bert_model.ckpt prefix, or a Hub id ORG/NAME")
     parser.add_argument("dst", type=Path, help="output folder")
     args = parser.parse_args(argv)
     try:
-        model = load_pretrained_bert(args.src)
+        src = resolve_checkpoint(args.src)
+        model = load_pretrained_bert(src)
+        src_dir = src if src.is_dir() else src.parent
         args.dst.mkdir(parents=True, exist_ok=True)
         save_weights(args.dst / "model.safetensors", model.state_dict())
         save_json(args.dst / "config.json", {"model_type": "bert", **asdict(model.config)})
-        # The vocabulary travels with the weights, so the folder is a complete source side.
-        src_dir = args.src if args.src.is_dir() else args.src.parent
-        for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
-            if (src_dir / name).is_file():
-                atomic_write(args.dst / name, partial(shutil.copyfile, src_dir / name))
-    except (CheckpointError, OSError) as e:
+        # The vocabulary travels with the weights, so the folder is a complete source side; its
+        # casing is written down, since the new folder's name no longer carries Google's convention.
+        vocabulary = [name for name in ("vocab.txt", "tokenizer.json") if (src_dir / name).is_file()]
+        for name in vocabulary:
+            atomic_write(args.dst / name, partial(shutil.copyfile, src_dir / name))
+        if vocabulary:
+            lowercase = load_bert_tokenizer(src).normalizer.normalize_str("A") == "a"
+            save_json(args.dst / "tokenizer_config.json", {"do_lower_case": lowercase})
+    except (CheckpointError, DownloadError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"wrote {args.dst} ({sum(p.numel() for p in model.parameters()):,} parameters)")
 

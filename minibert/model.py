@@ -25,7 +25,7 @@ class Seq2Seq(nn.Module):
         self.adapter = adapter
         self.decoder = decoder
         self.encoder_frozen = False
-        self.trained_top = 0  # with a frozen encoder: BERT's top layers that still train
+        self.unfrozen_top = 0  # with a frozen encoder: BERT's top layers that still train
 
     # -------------------------------------------------------------------------
     # the forward pass, in the textbook's three steps
@@ -80,23 +80,23 @@ class Seq2Seq(nn.Module):
     # -------------------------------------------------------------------------
     # training helpers: freezing the encoder and the optimiser's parameter groups
 
-    def freeze_encoder(self, frozen: bool = True, train_top: int = 0) -> None:
+    def freeze_encoder(self, frozen: bool = True, unfrozen_top: int = 0) -> None:
         """A frozen encoder gets no gradients and stays in eval mode (no dropout), so its outputs
-        for a sentence never change and can be computed once and reused. train_top: BERT's top
+        for a sentence never change and can be computed once and reused. unfrozen_top: BERT's top
         layers that still train (at a small rate); the frozen layers below them are cached."""
-        if not 0 <= train_top <= len(self.encoder.layers):
-            raise ValueError(f"train_top must be between 0 and the encoder's {len(self.encoder.layers)} layers, "
-                             f"got {train_top}")
-        self.encoder_frozen, self.trained_top = frozen, train_top if frozen else 0
+        if not 0 <= unfrozen_top <= len(self.encoder.layers):
+            raise ValueError(f"unfrozen_top must be between 0 and the encoder's {len(self.encoder.layers)} layers, "
+                             f"got {unfrozen_top}")
+        self.encoder_frozen, self.unfrozen_top = frozen, unfrozen_top if frozen else 0
         self.encoder.requires_grad_(not frozen)
-        for layer in self.encoder.layers[len(self.encoder.layers) - self.trained_top:]:
+        for layer in self.encoder.layers[len(self.encoder.layers) - self.unfrozen_top:]:
             layer.requires_grad_(True)
         self.train(self.training)
 
     @property
     def cached_layers(self) -> int:
         """How many of BERT's bottom layers are frozen, so that their output may be cached."""
-        return len(self.encoder.layers) - self.trained_top if self.encoder_frozen else 0
+        return len(self.encoder.layers) - self.unfrozen_top if self.encoder_frozen else 0
 
     def train(self, mode: bool = True) -> "Seq2Seq":
         super().train(mode)

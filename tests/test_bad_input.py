@@ -273,7 +273,7 @@ def test_cached_encoder_output_equals_the_live_encoder(unfreeze_top):
     padded again per batch gives the same H, and the same loss, as running BERT on the batch;
     also when BERT's top layer still trains on top of the cache."""
     model = tiny_translator()
-    model.freeze_encoder(train_top=unfreeze_top)
+    model.freeze_encoder(unfrozen_top=unfreeze_top)
     assert model.cached_layers == 2 - unfreeze_top
     src_ids = [[2, 5, 9, 3], [2, 7, 3], [2, 4, 4, 8, 11, 6, 3], [2, 3]]
     tgt_ids = [[1, 5, 6, 2], [1, 7, 2], [1, 9, 9, 9, 2], [1, 2]]

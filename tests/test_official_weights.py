@@ -143,7 +143,7 @@ GERMAN = {"Der Hund spielt.": "The dog plays.", "Die Katze schläft.": "The cat 
           "Ein Hund und ein Kind spielen.": "A dog and a child play.", "Ja, der Hund schläft!": "Yes, the dog sleeps!"}
 
 
-def test_cased_german_source_trains_and_translates(tmp_path):
+def test_cased_german_source_trains_and_translates_in_bf16(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     pairs = list(GERMAN.items())
@@ -154,12 +154,13 @@ def test_cased_german_source_trains_and_translates(tmp_path):
     out = tmp_path / "run"
     result = run("train.py", "--data", data, "--src", "de", "--tgt", "en", "--bert", GOOGLE / "bert_model.ckpt",
                  "--out", out, "--max-steps", "4", "--dec-width", "24", "--dec-heads", "3", "--dec-layers", "1",
-                 "--dec-ffn", "40", "--tgt-vocab", "60", "--batch-tokens", "200")
+                 "--dec-ffn", "40", "--tgt-vocab", "60", "--batch-tokens", "200", "--dtype", "bfloat16")
     assert "warning: the encoder's uncased vocabulary" not in result.stderr  # a cased vocabulary: no guess
     source = load_bert_tokenizer(out / "source_tokenizer.json")
     assert source.encode("Der Hund").tokens == ["[CLS]", "Der", "Hund", "[SEP]"]  # case kept in the run folder
     assert json.loads((out / "config.json").read_text())["encoder"]["vocab_size"] == 37
-    translated = run("generate.py", "--checkpoint", out, "Der Hund spielt.", "Die Katze schläft.")
+    translated = run("generate.py", "--checkpoint", out, "--dtype", "bfloat16", "--beam", "2",
+                     "Der Hund spielt.", "Die Katze schläft.")
     assert len(translated.stdout.splitlines()) == 2
 
 
@@ -172,3 +173,12 @@ def test_uncased_english_vocabulary_warns_about_a_german_source(tmp_path, capsys
     assert capsys.readouterr().err == ""
     train.check_source_language(tokenizer, list(GERMAN), "train.de")
     assert "warning: the encoder's uncased vocabulary splits the words of train.de" in capsys.readouterr().err
+
+
+def test_convert_cli_keeps_a_google_checkpoint_and_its_casing(tmp_path):
+    from minibert.convert import main as convert
+    convert([str(GOOGLE / "bert_model.ckpt"), str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text()) == {"do_lower_case": False}
+    original, converted = load_pretrained_bert(GOOGLE), load_pretrained_bert(tmp_path / "out")
+    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), converted.state_dict().values()))
+    assert load_bert_tokenizer(tmp_path / "out").encode("Der Hund").tokens == ["[CLS]", "Der", "Hund", "[SEP]"]
