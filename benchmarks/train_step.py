@@ -42,6 +42,24 @@ def step_flops(model, src, tgt, encoder: str) -> float:
     return ENCODER_FLOPS[encoder] * enc * src_tokens + 6 * dec * tgt_tokens
 
 
+def hf_step(transformers, vocab: int, frozen: bool):
+    """Hugging Face's EncoderDecoderModel, one training step per call on (src, tgt)."""
+    theirs = hf_model(transformers, vocab).train()
+    theirs.encoder.requires_grad_(not frozen)
+    if frozen:
+        theirs.encoder.eval()
+    opt = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(src, tgt):
+        logits = theirs(input_ids=src, attention_mask=(src != PAD).long(), decoder_input_ids=tgt[:, :-1],
+                        decoder_attention_mask=(tgt[:, :-1] != PAD).long()).logits
+        loss = F.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=PAD)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
 def main() -> None:
     data, vocab = batches(ROUNDS + 2)
     transformers = try_transformers()
@@ -67,21 +85,7 @@ def main() -> None:
             runners["minibert_cached"] = lambda src, tgt: minibert_step(src, tgt, cache[id(src)])
             runners["minibert_cached bf16"] = lambda src, tgt: minibert_step(src, tgt, cache[id(src)], bf16=True)
         if transformers is not None:
-            theirs = hf_model(transformers, vocab).train()
-            theirs.encoder.requires_grad_(not frozen)
-            if frozen:
-                theirs.encoder.eval()
-            opt_theirs = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-4)
-
-            def hf_step(src, tgt):
-                logits = theirs(input_ids=src, attention_mask=(src != PAD).long(), decoder_input_ids=tgt[:, :-1],
-                                decoder_attention_mask=(tgt[:, :-1] != PAD).long()).logits
-                loss = F.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=PAD)
-                loss.backward()
-                opt_theirs.step()
-                opt_theirs.zero_grad(set_to_none=True)
-
-            runners["hf"] = hf_step
+            runners["hf"] = hf_step(transformers, vocab, frozen)
         times = {name: [] for name in runners}
         for src, tgt in data[:2]:  # warm-up
             for fn in runners.values():
