@@ -16,7 +16,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from minibert.files import save_text
@@ -47,29 +46,31 @@ def train(name: str, minutes: float, data: Path, runs: Path) -> Path:
     run_dir = runs / f"{name}-{minutes:g}m"
     if (run_dir / "metrics.json").is_file():
         return run_dir
-    while Path("/tmp/pause-experiments").exists():  # lets the machine's owner run something quietly between runs
-        time.sleep(10)
     cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(data), "--src", "en", "--tgt", "de",
            "--max-minutes", str(minutes), "--out", str(run_dir), *CANDIDATES[name]]
     if run_dir.exists():
         cmd.append("--resume")
     print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(runs / f"{name}-{minutes:g}m.log", "a") as log:
+    log_path = runs / f"{name}-{minutes:g}m.log"
+    with open(log_path, "a") as log:
         result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     if result.returncode != 0:
-        sys.exit(f"error: {run_dir}: train.py failed (exit {result.returncode})")
+        last = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        sys.exit(f"error: {run_dir}: train.py failed (exit {result.returncode}): {last[0]} (log: {log_path})")
     return run_dir
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="+", choices=CANDIDATES)
-    parser.add_argument("--minutes", type=float, default=20)
+    parser.add_argument("--minutes", type=float, default=20, help="training minutes per run (> 0)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--runs", type=Path, default=Path("runs/multi30k"))
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    if not 0 < args.minutes < float("inf"):
+        parser.error(f"argument --minutes: must be greater than 0, got {args.minutes:g}")
     rows, curves = [], []
     for name in args.names:
         run_dir = train(name, args.minutes, args.data, args.runs)
