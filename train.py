@@ -13,6 +13,7 @@ scores. Every file is written atomically. Results go to standard output, progres
 
 import argparse
 import math
+import os
 import signal
 import sys
 import time
@@ -171,7 +172,6 @@ def report(*args) -> None:
 
 def setup_device(cfg: TrainConfig) -> tuple[torch.device, int, int]:
     """(device, rank, world size). torchrun sets WORLD_SIZE; gloo serves CPUs, nccl GPUs."""
-    import os
     device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return device, 0, 1
@@ -450,18 +450,15 @@ class Interrupt:
         if again or not self.deferring:
             raise KeyboardInterrupt
 
+    @contextmanager
     def deferred(self):
-        interrupt = self
-
-        class Block:
-            def __enter__(self):
-                interrupt.deferring = True
-
-            def __exit__(self, *exc):
-                interrupt.deferring = False
-                if exc[0] is None and interrupt.signum is not None:
-                    raise KeyboardInterrupt
-        return Block()
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.signum is not None:  # noted inside the block: raise it now, at its end
+            raise KeyboardInterrupt
 
 
 # -----------------------------------------------------------------------------

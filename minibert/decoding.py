@@ -164,7 +164,7 @@ def translate(model: Seq2Seq, src_tok, tgt_tok, lines: list[str], beam: int = 1,
     device = next(model.parameters()).device
     bos, eos = tgt_tok.token_to_id("[BOS]"), tgt_tok.token_to_id("[EOS]")
     max_len = min(max_len, model.decoder.config.max_position_embeddings)
-    encoded = [src_tok.encode(line).ids for line in lines]
+    encoded = [e.ids for e in src_tok.encode_batch(lines)]
     todo = [i for i, line in enumerate(lines) if line.strip()]
     out: list[list[str]] = [[""] for _ in lines]
     for batch in batches_by_length([len(encoded[i]) for i in todo], math.inf, batch_size):
